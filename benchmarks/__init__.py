@@ -1,0 +1,1 @@
+"""Benchmarks: measured comparisons, each checking its answer before reporting speed."""

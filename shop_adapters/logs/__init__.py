@@ -1,0 +1,1 @@
+"""Event log implementations: memory, append-only file, Redis Streams."""

@@ -1,0 +1,1 @@
+"""Snapshot store implementations: memory, file, Redis."""
