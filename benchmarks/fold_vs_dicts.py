@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
     r_base = len(events) / t_base
     r_ours = len(events) / t_ours
-    print(f"events: {len(events):,} (users {a.users:,}, items {a.items}, seed {a.seed}); {accepted_note}")
+    print(
+        f"events: {len(events):,} (users {a.users:,}, items {a.items}, seed {a.seed}); "
+        f"{accepted_note}"
+    )
     print(f"baseline (plain dicts):   {r_base:12,.0f} events/s")
     print(f"shop_core.fold:           {r_ours:12,.0f} events/s")
     print(f"ratio fold / baseline:    {r_ours / r_base:12.2f}")

@@ -32,7 +32,7 @@ def synthetic_events(
     """
     if users < 1 or items < 1 or n < 0:
         raise ValueError(f"need n >= 0, users >= 1, items >= 1; got {n}, {users}, {items}")
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - a reproducible workload, not a secret
     rand = rng.random
     randint = rng.randint
     item_names = [f"item-{i}" for i in range(items)]

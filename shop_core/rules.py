@@ -198,9 +198,7 @@ _STEPS: Mapping[type, _Step] = {
 
 
 def _not_an_event(event: object) -> TypeError:
-    return TypeError(
-        f"expected a shop event (TopUp, AddItem or Order), got {type(event).__name__}"
-    )
+    return TypeError(f"expected a shop event (TopUp, AddItem or Order), got {type(event).__name__}")
 
 
 def _commit(state: ShopState, users: _Users, items: _Items) -> ShopState:

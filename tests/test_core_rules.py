@@ -1,0 +1,256 @@
+"""The Rules of ARCHITECTURE.md, as examples and as hypothesis properties."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from returns.result import Failure, Success
+
+from benchmarks.baseline import as_dicts, fold_dicts
+from shop_core import (
+    EMPTY,
+    AddItem,
+    Event,
+    Item,
+    Order,
+    RejectionCode,
+    ShopState,
+    TopUp,
+    User,
+    apply,
+    decide,
+    fold,
+    fold_with_outcomes,
+    state_digest,
+)
+from shop_core.strategies import events, histories
+
+BASE = fold(
+    [
+        TopUp(1, 1_000),
+        AddItem("cpu", 5, 100),
+        AddItem("gpu", 1, 300),
+        AddItem("box", 3),  # unpriced
+    ]
+)
+
+
+def code_of(state: ShopState, event: Event) -> RejectionCode | None:
+    match decide(state, event):
+        case Success(_):
+            return None
+        case Failure(rejection):
+            return rejection.code  # type: ignore[no-any-return]
+    raise AssertionError("unreachable")
+
+
+# ---- examples -------------------------------------------------------------
+
+
+def test_the_issue_example() -> None:
+    s = fold([TopUp(1, 500), AddItem("cpu", 3, 100), Order(1, (("cpu", 2),))])
+    assert s.users[1] == User(300)
+    assert s.items["cpu"] == Item(100, 1)
+
+
+def test_topup_creates_unknown_user_then_adds() -> None:
+    s = fold([TopUp(7, 5), TopUp(7, 6)])
+    assert s.users[7].balance == 11
+
+
+def test_add_item_keeps_price_when_none_and_changes_it_otherwise() -> None:
+    s = fold([AddItem("a", 1, 50), AddItem("a", 2), AddItem("a", 0, 70)])
+    assert s.items["a"] == Item(70, 3)
+    assert fold([AddItem("b", 4)]).items["b"] == Item(None, 4)
+
+
+@pytest.mark.parametrize(
+    ("order", "code"),
+    [
+        (Order(2, (("cpu", 1),)), RejectionCode.UNKNOWN_USER),
+        (Order(2, (("nope", 0),)), RejectionCode.UNKNOWN_USER),  # user checked first
+        (Order(1, (("cpu", 0),)), RejectionCode.EMPTY_ORDER),
+        (Order(1, (("nope", 0), ("box", 0))), RejectionCode.EMPTY_ORDER),
+        (Order(1, (("nope", 1),)), RejectionCode.UNKNOWN_ITEM),
+        (Order(1, (("box", 9), ("nope", 1))), RejectionCode.UNKNOWN_ITEM),  # beats not priced
+        (Order(1, (("box", 1),)), RejectionCode.ITEM_NOT_PRICED),
+        (Order(1, (("cpu", 99), ("box", 1))), RejectionCode.ITEM_NOT_PRICED),  # beats stock
+        (Order(1, (("cpu", 6),)), RejectionCode.OUT_OF_STOCK),
+        (Order(1, (("gpu", 1), ("cpu", 4), ("cpu", 2))), RejectionCode.OUT_OF_STOCK),  # merged
+        (
+            Order(1, (("gpu", 1), ("cpu", 5), ("cpu", 99))),
+            RejectionCode.OUT_OF_STOCK,
+        ),  # beats funds
+        (Order(1, (("gpu", 1), ("cpu", 5), ("cpu", 3))), RejectionCode.OUT_OF_STOCK),
+        (Order(1, (("gpu", 1), ("cpu", 5), ("cpu", 0))), None),  # 300 + 500 <= 1000
+        (Order(1, (("cpu", 5),)), None),
+    ],
+)
+def test_each_rejection_reason_in_order_of_precedence(
+    order: Order, code: RejectionCode | None
+) -> None:
+    assert code_of(BASE, order) == code
+    after = apply(BASE, order)
+    assert (after == BASE) == (code is not None)
+
+
+def test_insufficient_funds() -> None:
+    s = fold([TopUp(1, 299), AddItem("gpu", 1, 300)])
+    order = Order(1, (("gpu", 1),))
+    match decide(s, order):
+        case Failure(rejection):
+            assert rejection.code is RejectionCode.INSUFFICIENT_FUNDS
+            assert "299" in rejection.message and "300" in rejection.message
+        case _:
+            pytest.fail("expected a rejection")
+    assert apply(s, order) == s
+
+
+def test_duplicate_lines_are_merged_all_or_nothing() -> None:
+    s = apply(BASE, Order(1, (("cpu", 2), ("gpu", 1), ("cpu", 3))))
+    assert s.users[1].balance == 1_000 - 500 - 300
+    assert s.items["cpu"].stock == 0 and s.items["gpu"].stock == 0
+    # 3 + 3 = 6 > 5: nothing at all changes, not even the gpu line.
+    assert apply(BASE, Order(1, (("cpu", 3), ("gpu", 1), ("cpu", 3)))) == BASE
+
+
+def test_zero_quantity_lines_are_ignored_even_for_unknown_or_unpriced_items() -> None:
+    s = apply(BASE, Order(1, (("cpu", 1), ("nope", 0), ("box", 0))))
+    assert s.items["cpu"].stock == 4 and s.users[1].balance == 900
+    assert "nope" not in s.items
+
+
+def test_a_free_item_can_be_ordered_with_no_money() -> None:
+    s = fold([TopUp(3, 0), AddItem("gift", 2, 0), Order(3, (("gift", 2),))])
+    assert s.items["gift"].stock == 0 and s.users[3].balance == 0
+
+
+def test_rejected_order_returns_the_same_state_object() -> None:
+    assert apply(BASE, Order(9, (("cpu", 1),))) is BASE
+
+
+def test_apply_refuses_what_is_not_an_event() -> None:
+    with pytest.raises(TypeError, match="expected a shop event"):
+        apply(BASE, "TopUp")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="expected a shop event"):
+        fold([TopUp(1, 1), None])  # type: ignore[list-item]
+
+
+def test_outcomes_count_accepted_and_rejected_orders() -> None:
+    _, out = fold_with_outcomes(
+        [
+            TopUp(1, 100),
+            AddItem("a", 1, 10),
+            Order(1, (("a", 1),)),
+            Order(1, (("a", 1),)),
+            Order(2, (("a", 1),)),
+        ]
+    )
+    assert out.events == 5 and out.orders_accepted == 1
+    assert dict(out.rejections) == {"out_of_stock": 1, "unknown_user": 1}
+    assert (out + out).rejected == 4
+
+
+def test_digest_is_independent_of_insertion_order() -> None:
+    a = fold([TopUp(1, 1), TopUp(2, 2), AddItem("x", 1), AddItem("y", 2)])
+    b = fold([AddItem("y", 2), TopUp(2, 2), AddItem("x", 1), TopUp(1, 1)])
+    assert a == b and state_digest(a) == state_digest(b)
+    assert state_digest(a) != state_digest(apply(a, TopUp(1, 1)))
+
+
+# ---- laws ------------------------------------------------------------------
+
+
+def one_by_one(evs: list[Event], state: ShopState = EMPTY) -> ShopState:
+    for e in evs:
+        state = apply(state, e)
+    return state
+
+
+@given(histories())
+def test_fold_is_deterministic(evs: list[Event]) -> None:
+    assert fold(evs) == fold(list(evs))
+    assert state_digest(fold(evs)) == state_digest(fold(evs))
+
+
+@given(histories(), histories())
+def test_fold_of_concatenation_is_fold_of_fold(a: list[Event], b: list[Event]) -> None:
+    assert fold(a + b) == fold(b, fold(a))
+
+
+@given(histories(), st.data())
+def test_fold_at_any_split_point_equals_whole_fold(evs: list[Event], data: st.DataObject) -> None:
+    k = data.draw(st.integers(0, len(evs)))
+    assert fold(evs[k:], fold(evs[:k])) == fold(evs)
+
+
+@given(histories())
+def test_fold_equals_one_by_one_apply(evs: list[Event]) -> None:
+    assert fold(evs) == one_by_one(evs)
+
+
+@given(histories(max_users=30, max_items=12, max_size=200))
+def test_fold_equals_the_plain_dict_model(evs: list[Event]) -> None:
+    assert as_dicts(fold(evs)) == fold_dicts(evs)
+
+
+@given(st.lists(events(), max_size=30))
+def test_fold_is_total_over_any_valid_events(evs: list[Event]) -> None:
+    assert fold(evs) == one_by_one(evs)
+
+
+@given(histories(max_size=120))
+def test_money_and_stock_are_conserved_and_never_negative(evs: list[Event]) -> None:
+    state = EMPTY
+    topped = added = sold = spent = 0
+    for e in evs:
+        if isinstance(e, TopUp):
+            topped += e.amount
+        elif isinstance(e, AddItem):
+            added += e.count
+        elif isinstance(e, Order) and isinstance(decide(state, e), Success):
+            for iid, qty in e.lines:
+                sold += qty
+                spent += (state.items[iid].price or 0) * qty
+        state = apply(state, e)
+        assert all(u.balance >= 0 for u in state.users.values())
+        assert all(i.stock >= 0 for i in state.items.values())
+    assert sum(u.balance for u in state.users.values()) == topped - spent
+    assert sum(i.stock for i in state.items.values()) == added - sold
+
+
+@given(histories(), st.data())
+def test_decide_agrees_with_apply(evs: list[Event], data: st.DataObject) -> None:
+    state = fold(evs)
+    extra = data.draw(histories(min_size=1, max_size=5))
+    for e in extra:
+        after = apply(state, e)
+        if isinstance(e, Order):
+            assert isinstance(decide(state, e), Failure) == (after == state)
+        else:
+            assert decide(state, e) == Success(e)
+        state = after
+
+
+@given(histories(), st.data())
+def test_rejected_orders_change_nothing_and_repeat_idempotently(
+    evs: list[Event], data: st.DataObject
+) -> None:
+    state = fold(evs)
+    order = data.draw(histories(min_size=1, max_size=1).filter(lambda h: isinstance(h[0], Order)))[
+        0
+    ]
+    if isinstance(decide(state, order), Failure):
+        assert apply(state, order) is state
+        assert apply(apply(state, order), order) == state
+
+
+@settings(max_examples=50)
+@given(histories(max_size=100))
+def test_fold_does_not_mutate_its_input_state(evs: list[Event]) -> None:
+    k = len(evs) // 2
+    mid = fold(evs[:k])
+    snapshot = (dict(mid.users), dict(mid.items))
+    fold(evs[k:], mid)
+    assert (dict(mid.users), dict(mid.items)) == snapshot
