@@ -140,7 +140,7 @@ def backoff_delay(
     >>> backoff_delay(1, rng=lambda: 0.0), backoff_delay(10, rng=lambda: 1.0)
     (0.05, 5.0)
     """
-    d = min(cap, base * 2 ** min(attempt - 1, 30))
+    d = min(cap, base * float(1 << min(attempt - 1, 30)))
     return d / 2 + rng() * d / 2
 
 

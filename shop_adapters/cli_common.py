@@ -1,0 +1,184 @@
+"""What the command-line tools share: connection options, URL masking, logging.
+
+- :func:`connection_options`: ``--redis-url`` (env ``REDIS_URL``), ``--stream``
+  (default ``orders``), ``--data-dir`` (default ``./.shop-data``, for the
+  embedded Redis started when no URL is given);
+- :func:`resolve_url`, :func:`make_client`: a ``redis.Redis`` built with
+  ``Redis.from_url`` (so ``redis://user:pass@host``, ``rediss://`` TLS and
+  ``?db=`` work), with a ``socket_timeout`` longer than any blocking read;
+- :func:`mask_url`: a URL with its password replaced by ``***``, the only form
+  in which a URL is ever logged or printed;
+- :func:`setup_logging`: ``text`` or ``json`` lines on stderr; a record's
+  ``extra={"fields": {...}}`` becomes key=value pairs or JSON members.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import click
+import redis
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "JsonFormatter",
+    "TextFormatter",
+    "connection_options",
+    "make_client",
+    "mask_url",
+    "resolve_url",
+    "setup_logging",
+]
+
+DEFAULT_DATA_DIR = "./.shop-data"
+"""Where the embedded Redis keeps its files when no ``--redis-url`` is given."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password (userinfo or ``password=`` query) replaced by ``***``.
+
+    >>> mask_url("rediss://alice:s3cret@cache.example:6380/0")
+    'rediss://alice:***@cache.example:6380/0'
+    >>> mask_url("redis://:s3cret@localhost")
+    'redis://:***@localhost'
+    >>> mask_url("redis://localhost:6379/0?password=s3cret&db=1")
+    'redis://localhost:6379/0?password=%2A%2A%2A&db=1'
+    >>> mask_url("unix:///tmp/redis.sock")
+    'unix:///tmp/redis.sock'
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        if ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() == "password" for k, _ in pairs):
+            query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def connection_options(f: F) -> F:
+    """Click options ``--redis-url``, ``--stream``, ``--data-dir`` (see the module)."""
+    f = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_DATA_DIR,
+        show_default=True,
+        help="Data directory of the embedded redis-server started when no URL is given.",
+    )(f)
+    f = click.option(
+        "--stream", default="orders", show_default=True, help="Redis stream of the log."
+    )(f)
+    f = click.option(
+        "--redis-url",
+        envvar="REDIS_URL",
+        default=None,
+        help="redis:// or rediss:// URL (default: env REDIS_URL, else an embedded Redis).",
+    )(f)
+    return f
+
+
+def resolve_url(redis_url: str | None, data_dir: Path) -> str:
+    """``redis_url`` if given, else the URL of the embedded Redis in ``data_dir``
+    (started if needed by :func:`shop_adapters.embedded_redis.ensure_embedded`).
+
+    Raises ``click.ClickException`` if the embedded server cannot start.
+    """
+    if redis_url:
+        return redis_url
+    from .embedded_redis import RedisServerError, ensure_embedded
+
+    try:
+        url = ensure_embedded(Path(data_dir))
+    except (RedisServerError, OSError) as e:
+        raise click.ClickException(f"cannot start the embedded redis-server: {e}") from e
+    logging.getLogger("shop").info("using the embedded Redis in %s: %s", data_dir, mask_url(url))
+    return url
+
+
+def make_client(url: str, block_ms: int = 1_000) -> redis.Redis:
+    """A ``redis.Redis`` from ``url`` whose ``socket_timeout`` (seconds) exceeds
+    ``block_ms`` (the longest XREAD BLOCK, milliseconds) by 5 s, so a blocking
+    read never times out on the socket first. Source: redis-py docs
+    (``socket_timeout``) and Redis XREAD docs (``BLOCK`` in ms).
+
+    Raises ``click.BadParameter`` for a malformed URL (the message masks it).
+    """
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=block_ms / 1000 + 5.0,
+            socket_connect_timeout=5.0,
+            health_check_interval=30,
+        )
+    except ValueError as e:
+        raise click.BadParameter(
+            f"not a Redis URL: {mask_url(url)} (expected redis://, rediss:// or unix://)",
+            param_hint="--redis-url",
+        ) from e
+
+
+class TextFormatter(logging.Formatter):
+    """``2024-01-01T12:00:00Z INFO shop.runner message key=value ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = f"{ts}Z {record.levelname} {record.name} {record.getMessage()}"
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line += "".join(
+                f" {k}={json.dumps(v, separators=(',', ':'), default=str)}"
+                for k, v in fields.items()
+            )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts`` (UTC ISO 8601), ``level``, ``logger``,
+    ``msg``, then the record's ``fields`` (and ``exc`` for an exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            for k, v in fields.items():
+                out.setdefault(k, v)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
+    """Send the ``shop`` loggers to stderr as ``text`` or ``json`` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("shop")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

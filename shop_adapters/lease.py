@@ -1,0 +1,231 @@
+"""A single-writer lease in Redis with a fencing token.
+
+- Key ``<stream>:lease`` holds the owner's id with a TTL; it is taken with
+  ``SET key owner NX PX ttl`` and, in the same Lua script, a new fencing token
+  is drawn with ``INCR <stream>:lease:token`` (so every acquisition has a token
+  greater than every earlier one).
+- A daemon thread renews it every ``ttl/3`` with a compare-and-set Lua script
+  (``PEXPIRE`` only if the key still holds our id). If the key holds someone
+  else's id, or no renewal has succeeded for a whole ``ttl``, the lease is
+  lost: ``on_lost(reason)`` is called once and :attr:`Lease.token` goes back
+  to ``None``.
+- The snapshot store checks the token on every write (``RedisSnapshotStore``'s
+  ``fencing_token``): a runner that paused past its TTL and woke up writes with
+  a stale token and is refused (``FencedError``), even before it notices.
+
+A second runner on the same stream :meth:`Lease.acquire`\\ s with polling until
+the key expires or is released, then takes over. Sources: Redis ``SET`` docs
+(``NX``, ``PX``), the "Distributed locks with Redis" page (release with a
+compare-and-delete script), and M. Kleppmann, "How to do distributed locking"
+(2016) on fencing tokens.
+
+In a Redis Cluster give the stream a hash tag (``{shop1}:orders``) so the
+stream, its lease and its token key live in one slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from .errors import OperationalError
+
+__all__ = ["Lease", "default_owner"]
+
+_log = logging.getLogger("shop.lease")
+
+# KEYS[1] lease, KEYS[2] token counter; ARGV[1] owner, ARGV[2] ttl ms.
+# Returns the new token, or 0 if someone else holds the lease.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+"""
+# Returns 1 if still ours (TTL extended), 0 otherwise.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def default_owner() -> str:
+    """A unique owner id: ``<hostname>:<pid>:<8 hex digits>``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Lease:
+    """The lease on one stream, held by one process at a time.
+
+    - ``client``: a ``redis.Redis`` (``decode_responses=False``);
+    - ``stream``: the stream name; keys are ``<stream>:lease`` and ``<stream>:lease:token``;
+    - ``ttl_ms``: lease time to live, milliseconds (renewed every ``ttl_ms/3``);
+    - ``poll_s``: seconds between attempts while waiting for the lease;
+    - ``owner``: this holder's id (default :func:`default_owner`).
+
+    Not reentrant. Redis connection errors while acquiring surface as
+    :class:`OperationalError`; during renewal they are retried until the TTL
+    runs out, then the lease counts as lost.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        stream: str,
+        ttl_ms: int = 10_000,
+        poll_s: float = 0.5,
+        owner: str | None = None,
+    ) -> None:
+        if ttl_ms < 100:
+            raise ValueError(f"ttl_ms must be >= 100 (milliseconds), got {ttl_ms}")
+        self.client = client
+        self.key = f"{stream}:lease"
+        self.token_key = f"{stream}:lease:token"
+        self.ttl_ms = ttl_ms
+        self.poll_s = poll_s
+        self.owner = owner or default_owner()
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._lock = threading.Lock()
+        self._token: int | None = None
+        self._on_lost: Callable[[str], None] | None = None
+        self._stop_renewing = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    @property
+    def token(self) -> int | None:
+        """The fencing token of the current holding, or ``None`` if not held."""
+        with self._lock:
+            return self._token
+
+    def fencing_token(self) -> int:
+        """The current token, for ``RedisSnapshotStore(fencing_token=...)``.
+
+        0 when the lease is not held: older than any real token, so the store
+        refuses the write with ``FencedError``."""
+        return self.token or 0
+
+    def try_acquire(self) -> int | None:
+        """One attempt: the new fencing token, or ``None`` if someone else holds it.
+
+        Raises :class:`OperationalError` if Redis is unreachable.
+        """
+        try:
+            raw: Any = self._acquire(
+                keys=[self.key, self.token_key], args=[self.owner, self.ttl_ms]
+            )
+        except _REDIS_ERRORS as e:
+            raise OperationalError(f"lease {self.key}: {e}") from e
+        token = int(raw)
+        if token == 0:
+            return None
+        with self._lock:
+            self._token = token
+        return token
+
+    def holder(self) -> str | None:
+        """Who holds the lease now (owner id), or ``None``. Raises OperationalError."""
+        try:
+            raw: Any = self.client.get(self.key)
+        except _REDIS_ERRORS as e:
+            raise OperationalError(f"lease {self.key}: {e}") from e
+        return None if raw is None else bytes(raw).decode("utf-8", "replace")
+
+    def acquire(
+        self,
+        stop: threading.Event | None = None,
+        on_lost: Callable[[str], None] | None = None,
+        on_wait: Callable[[str | None], None] | None = None,
+    ) -> int | None:
+        """Wait (polling every ``poll_s``) until the lease is ours; start renewing.
+
+        ``stop``: give up when set (returns ``None``); ``on_lost(reason)``:
+        called once, from the renewal thread, if the lease is lost later;
+        ``on_wait(holder)``: called once when we first find it held by someone
+        else. Connection errors are retried while waiting. Returns the token.
+        """
+        waited = False
+        while stop is None or not stop.is_set():
+            try:
+                token = self.try_acquire()
+                if token is not None:
+                    self._start_renewing(on_lost)
+                    return token
+                if not waited and on_wait is not None:
+                    on_wait(self.holder())
+                waited = True
+            except OperationalError as e:
+                _log.warning("cannot reach Redis for the lease (%s); retrying", e)
+            if stop is not None:
+                if stop.wait(self.poll_s):
+                    break
+            else:
+                time.sleep(self.poll_s)
+        return None
+
+    def _start_renewing(self, on_lost: Callable[[str], None] | None) -> None:
+        self._on_lost = on_lost
+        self._stop_renewing = threading.Event()
+        self._renewer = threading.Thread(
+            target=self._renew_loop, args=(self._stop_renewing,), name="lease-renewer", daemon=True
+        )
+        self._renewer.start()
+
+    def _renew_loop(self, stop: threading.Event) -> None:
+        last_ok = time.monotonic()
+        interval = self.ttl_ms / 3000
+        while not stop.wait(interval):
+            try:
+                ours = int(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
+            except _REDIS_ERRORS as e:
+                if time.monotonic() - last_ok < self.ttl_ms / 1000:
+                    _log.warning("lease renewal failed (%s); retrying", e)
+                    continue
+                self._lost(f"no renewal for {self.ttl_ms} ms ({e})")
+                return
+            if ours:
+                last_ok = time.monotonic()
+                continue
+            self._lost("the lease is held by someone else (it expired)")
+            return
+
+    def _lost(self, reason: str) -> None:
+        with self._lock:
+            self._token = None
+        _log.error("lease %s lost: %s", self.key, reason)
+        if self._on_lost is not None:
+            self._on_lost(reason)
+
+    def release(self) -> None:
+        """Stop renewing and delete the key if it is still ours (best effort:
+        if Redis is unreachable the key simply expires after its TTL)."""
+        self._stop_renewing.set()
+        if self._renewer is not None and self._renewer is not threading.current_thread():
+            self._renewer.join()
+        self._renewer = None
+        with self._lock:
+            held, self._token = self._token is not None, None
+        if held:
+            try:
+                self._release(keys=[self.key], args=[self.owner])
+            except _REDIS_ERRORS as e:
+                _log.warning("lease %s not released (%s); it expires by itself", self.key, e)
