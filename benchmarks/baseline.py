@@ -22,9 +22,10 @@ def fold_dicts(
     balances = {} if balances is None else balances
     items = {} if items is None else items
     for e in events:
-        if isinstance(e, TopUp):
+        kind = type(e)
+        if kind is TopUp:
             balances[e.user_id] = balances.get(e.user_id, 0) + e.amount
-        elif isinstance(e, AddItem):
+        elif kind is AddItem:
             it = items.get(e.item_id)
             if it is None:
                 items[e.item_id] = [e.price, e.count]
@@ -32,27 +33,36 @@ def fold_dicts(
                 if e.price is not None:
                     it[0] = e.price
                 it[1] += e.count  # type: ignore[operator]
-        elif isinstance(e, Order):
-            if e.user_id not in balances:
+        elif kind is Order:
+            balance = balances.get(e.user_id)
+            if balance is None:
                 continue
             wanted: dict[str, int] = {}
             for iid, q in e.lines:
-                wanted[iid] = wanted.get(iid, 0) + q
-            wanted = {k: q for k, q in wanted.items() if q > 0}
+                if q:
+                    wanted[iid] = wanted.get(iid, 0) + q
             if not wanted:
                 continue
-            if any(k not in items for k in wanted):
+            # Precedence: unknown item, then not priced, then out of stock, then funds.
+            unknown = not_priced = short = False
+            total = 0
+            for iid, q in wanted.items():
+                it = items.get(iid)
+                if it is None:
+                    unknown = True
+                    break
+                price, stock = it
+                if price is None:
+                    not_priced = True
+                    continue
+                if stock < q:  # type: ignore[operator]
+                    short = True
+                total += price * q
+            if unknown or not_priced or short or total > balance:
                 continue
-            if any(items[k][0] is None for k in wanted):
-                continue
-            if any(items[k][1] < q for k, q in wanted.items()):  # type: ignore[operator]
-                continue
-            total = sum(items[k][0] * q for k, q in wanted.items())  # type: ignore[operator,misc]
-            if total > balances[e.user_id]:
-                continue
-            balances[e.user_id] -= total
-            for k, q in wanted.items():
-                items[k][1] -= q  # type: ignore[operator]
+            balances[e.user_id] = balance - total
+            for iid, q in wanted.items():
+                items[iid][1] -= q  # type: ignore[operator]
     return balances, items
 
 

@@ -36,8 +36,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
+from pyrsistent import pmap
 from pyrsistent.typing import PMap
 from returns.result import Failure, Result, Success
 
@@ -75,9 +76,20 @@ class Rejection:
     message: str
 
 
-# (code, detail) for a rejection, None for acceptance. Messages are built only
-# by decide(), so the hot loop never formats strings.
-_Verdict: TypeAlias = tuple[RejectionCode, str] | None
+# An order's verdict: (code, *details) if rejected, True if accepted; None for
+# the events that are always accepted (TopUp, AddItem). Messages are formatted
+# from the details only by decide(), so the hot loop never builds strings.
+_Rejected: TypeAlias = tuple[RejectionCode, *tuple[object, ...]]
+_Verdict: TypeAlias = _Rejected | bool | None
+
+_MESSAGES: Mapping[RejectionCode, str] = {
+    RejectionCode.UNKNOWN_USER: "user {} is unknown",
+    RejectionCode.EMPTY_ORDER: "the order's total quantity is 0",
+    RejectionCode.UNKNOWN_ITEM: "item {!r} is unknown",
+    RejectionCode.ITEM_NOT_PRICED: "item {!r} has no price",
+    RejectionCode.OUT_OF_STOCK: "item {!r} has {} in stock, {} ordered",
+    RejectionCode.INSUFFICIENT_FUNDS: "user {} has {}, the order costs {}",
+}
 
 
 class _Users(dict[int, int]):
@@ -142,12 +154,12 @@ def _add_item(users: _Users, items: _Items, event: AddItem) -> _Verdict:
 def _order(users: _Users, items: _Items, event: Order) -> _Verdict:
     balance: int | None = users[event.user_id]
     if balance is None:
-        return (RejectionCode.UNKNOWN_USER, f"user {event.user_id} is unknown")
+        return (RejectionCode.UNKNOWN_USER, event.user_id)
     lines = event.lines
     merged: Iterable[tuple[str, int]]
     if len(lines) == 1:
         if lines[0][1] == 0:
-            return (RejectionCode.EMPTY_ORDER, "the order's total quantity is 0")
+            return (RejectionCode.EMPTY_ORDER,)
         merged = lines
     else:
         sums: dict[str, int] = {}
@@ -155,37 +167,34 @@ def _order(users: _Users, items: _Items, event: Order) -> _Verdict:
             if qty:
                 sums[iid] = sums.get(iid, 0) + qty
         if not sums:
-            return (RejectionCode.EMPTY_ORDER, "the order's total quantity is 0")
+            return (RejectionCode.EMPTY_ORDER,)
         merged = sums.items()
     total = 0
     not_priced: str | None = None
-    out_of_stock: str | None = None
+    out_of_stock: tuple[str, int, int] | None = None
     for iid, qty in merged:
         current: _ItemValue | None = items[iid]
         if current is None:
-            return (RejectionCode.UNKNOWN_ITEM, f"item {iid!r} is unknown")
+            return (RejectionCode.UNKNOWN_ITEM, iid)
         price, stock = current
         if price is None:
             if not_priced is None:
                 not_priced = iid
             continue
         if stock < qty and out_of_stock is None:
-            out_of_stock = f"item {iid!r} has {stock} in stock, {qty} ordered"
+            out_of_stock = (iid, stock, qty)
         total += price * qty
     if not_priced is not None:
-        return (RejectionCode.ITEM_NOT_PRICED, f"item {not_priced!r} has no price")
+        return (RejectionCode.ITEM_NOT_PRICED, not_priced)
     if out_of_stock is not None:
-        return (RejectionCode.OUT_OF_STOCK, out_of_stock)
+        return (RejectionCode.OUT_OF_STOCK, *out_of_stock)
     if total > balance:
-        return (
-            RejectionCode.INSUFFICIENT_FUNDS,
-            f"user {event.user_id} has {balance}, the order costs {total}",
-        )
+        return (RejectionCode.INSUFFICIENT_FUNDS, event.user_id, balance, total)
     users[event.user_id] = balance - total
     for iid, qty in merged:
         price, stock = items[iid]
         items[iid] = (price, stock - qty)
-    return None
+    return True
 
 
 _Step: TypeAlias = Callable[[_Users, _Items, Event], _Verdict]
@@ -202,7 +211,18 @@ def _not_an_event(event: object) -> TypeError:
 
 
 def _commit(state: ShopState, users: _Users, items: _Items) -> ShopState:
-    """Write an overlay's changed entries into new persistent maps (one evolver each)."""
+    """Write an overlay's changed entries into new persistent maps (one evolver each).
+
+    When the overlay is larger than the base map (a replay from a small state),
+    the new map is built in one presized ``pmap(dict)`` call instead, which
+    saves pyrsistent's repeated reallocation as an evolver grows.
+    """
+    if len(users) > len(state.users) or len(items) > len(state.items):
+        merged_users = {uid: u for uid, u in state.users.items()}
+        merged_users.update({uid: User(b) for uid, b in users.items()})
+        merged_items = {iid: it for iid, it in state.items.items()}
+        merged_items.update({iid: Item(p, k) for iid, (p, k) in items.items()})
+        return ShopState(users=pmap(merged_users), items=pmap(merged_items))
     new_users = state.users
     if users:
         base_users = state.users
@@ -264,21 +284,25 @@ def fold_with_outcomes(
     users = _Users(state.users)
     items = _Items(state.items)
     steps = _STEPS
-    rejections: dict[str, int] = {}
+    rejections: dict[RejectionCode, int] = {}
+    accepted = 0
     n = 0
-    orders = 0
-    for event in events:
-        step = steps.get(type(event))
-        if step is None:
-            raise _not_an_event(event)
-        verdict = step(users, items, event)
-        n += 1
-        if step is _order:
-            orders += 1
+    event: object = None
+    try:
+        for n, event in enumerate(events, 1):  # noqa: B007 - n is the count afterwards
+            verdict = steps[type(event)](users, items, event)
             if verdict is not None:
-                code = verdict[0].value
-                rejections[code] = rejections.get(code, 0) + 1
-    return _commit(state, users, items), Outcomes(n, orders - sum(rejections.values()), rejections)
+                if verdict is True:
+                    accepted += 1
+                else:
+                    code = cast(_Rejected, verdict)[0]
+                    rejections[code] = rejections.get(code, 0) + 1
+    except KeyError:
+        if type(event) not in steps:
+            raise _not_an_event(event) from None
+        raise
+    counts = {code.value: k for code, k in rejections.items()}
+    return _commit(state, users, items), Outcomes(n, accepted, counts)
 
 
 def fold(events: Iterable[Event], state: ShopState = EMPTY) -> ShopState:
@@ -313,6 +337,7 @@ def decide(state: ShopState, event: Event) -> Result[Event, Rejection]:
     if step is None:
         raise _not_an_event(event)
     verdict = step(_Users(state.users), _Items(state.items), event)
-    if verdict is None:
+    if verdict is None or verdict is True:
         return Success(event)
-    return Failure(Rejection(verdict[0], verdict[1]))
+    code, *details = cast(_Rejected, verdict)
+    return Failure(Rejection(code, _MESSAGES[code].format(*details)))
