@@ -1,0 +1,226 @@
+"""``python -m shop_adapters.inspect``: look at a stream's state, read-only.
+
+Never writes: no snapshots, no dead letters, no lease (it can run beside a
+live runner). Connection options as for the runner.
+
+- ``state [--json] [--at POSITION]``: the latest snapshot plus the records
+  after it, folded in memory. ``--at`` folds up to and including
+  ``POSITION`` (``ms-seq``), from the snapshot if it is at or below it, else
+  from scratch. ``--json`` prints ``{"position", "digest", "users": {id:
+  balance}, "items": {id: {"price", "stock"}}}`` (ids as JSON strings, money in
+  minor units).
+- ``verify``: rebuild from scratch up to the snapshot's position and compare
+  with the snapshot: exit 0 if equal, 1 with the first difference (or if
+  there is no usable snapshot).
+- ``dead-letters [--json]``: every dead letter with its position and reason.
+
+``--price-list`` must be the runner's, or v0 AddItem prices differ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from returns.result import Failure, Success
+
+from shop_core import EMPTY, ShopState, state_digest
+
+from .cli_common import connection_options, make_client, mask_url, resolve_url, setup_logging
+from .codec import Decoder, Snapshot, decode_snapshot, load_price_list
+from .errors import IntegrityError, OperationalError
+from .logs.redis_stream import RedisStreamLog
+from .protocols import ORIGIN, EventLog, Position, SnapshotStore
+from .runner import replay
+from .snapshots.redis import RedisSnapshotStore
+
+__all__ = ["cli", "first_difference", "latest_snapshot", "state_json"]
+
+_log = logging.getLogger("shop.inspect")
+
+
+def latest_snapshot(store: SnapshotStore) -> tuple[Snapshot | None, str | None]:
+    """``(snapshot, None)``, ``(None, None)`` if absent, ``(None, reason)`` if unusable."""
+    blob = store.read()
+    if blob is None:
+        return None, None
+    match decode_snapshot(blob):
+        case Success(snap):
+            return snap, None
+        case Failure(why):
+            return None, str(why)
+    return None, "unreachable"  # pragma: no cover
+
+
+def state_json(state: ShopState, position: Position) -> dict[str, Any]:
+    """The ``--json`` shape: ``{"position": "ms-seq", "digest": hex, "users":
+    {"<id>": balance}, "items": {"<id>": {"price": int | None, "stock": int}}}``,
+    ids sorted."""
+    return {
+        "position": str(position),
+        "digest": state_digest(state),
+        "users": {str(uid): state.users[uid].balance for uid in sorted(state.users)},
+        "items": {
+            iid: {"price": state.items[iid].price, "stock": state.items[iid].stock}
+            for iid in sorted(state.items)
+        },
+    }
+
+
+def first_difference(expected: ShopState, actual: ShopState) -> str | None:
+    """The first difference between two states (users, then items, by sorted id),
+    described in words, or ``None`` if equal. ``expected`` is the rebuild."""
+    for uid in sorted(set(expected.users) | set(actual.users)):
+        a, b = expected.users.get(uid), actual.users.get(uid)
+        if a != b:
+            return f"user {uid}: rebuilt {a}, snapshot {b}"
+    for iid in sorted(set(expected.items) | set(actual.items)):
+        c, d = expected.items.get(iid), actual.items.get(iid)
+        if c != d:
+            return f"item {iid!r}: rebuilt {c}, snapshot {d}"
+    return None
+
+
+class _Ctx:
+    def __init__(self, log: EventLog, store: SnapshotStore, decoder: Decoder) -> None:
+        self.log = log
+        self.store = store
+        self.decoder = decoder
+
+
+@click.group()
+@connection_options
+@click.option(
+    "--price-list",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The runner's price list for v0 AddItem entries.",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    redis_url: str | None,
+    stream: str,
+    data_dir: Path,
+    price_list: Path | None,
+) -> None:
+    """Inspect a stream's state, snapshot and dead letters (read-only)."""
+    setup_logging("text", logging.WARNING)
+    try:
+        decoder = Decoder(load_price_list(price_list)) if price_list else Decoder()
+    except (OSError, ValueError, TypeError) as e:
+        raise click.BadParameter(str(e), param_hint="--price-list") from e
+    url = resolve_url(redis_url, data_dir)
+    _log.info("stream %s at %s", stream, mask_url(url))
+    client = make_client(url)
+    log = RedisStreamLog(client, stream)
+    store = RedisSnapshotStore(client, f"{stream}:snapshot")
+    ctx.obj = _Ctx(log, store, decoder)
+    ctx.call_on_close(client.close)
+
+
+def _fail(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the whole state as JSON.")
+@click.option("--at", default=None, help="Fold up to and including this position (ms-seq).")
+@click.pass_obj
+def state(obj: _Ctx, as_json: bool, at: str | None) -> None:
+    """The current state (or the state at --at), read-only."""
+    try:
+        until = Position.parse(at) if at is not None else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--at") from e
+    try:
+        snap, why = latest_snapshot(obj.store)
+        if why is not None:
+            click.echo(f"snapshot set aside ({why}); folding from scratch", err=True)
+        start, after = EMPTY, ORIGIN
+        if snap is not None and (until is None or snap.position <= until):
+            start, after = snap.state, snap.position
+        result, position, outcomes, dead = replay(obj.log, obj.decoder, start, after, until=until)
+    except (OperationalError, IntegrityError) as e:
+        _fail(f"{type(e).__name__}: {e}")
+        return
+    if as_json:
+        click.echo(json.dumps(state_json(result, position)))
+        return
+    click.echo(f"position: {position}")
+    click.echo(f"digest: {state_digest(result)}")
+    balances = sum(u.balance for u in result.users.values())
+    click.echo(f"users: {len(result.users)}, balances total {balances}")
+    click.echo(
+        f"items: {len(result.items)}, stock total {sum(i.stock for i in result.items.values())}"
+    )
+    click.echo(
+        f"from: {'snapshot at ' + str(after) if after != ORIGIN else 'scratch'}; "
+        f"folded {outcomes.events} events after it ({len(dead)} undecodable)"
+    )
+
+
+@cli.command()
+@click.pass_obj
+def verify(obj: _Ctx) -> None:
+    """Rebuild from scratch and compare with the latest snapshot (exit 0 if equal)."""
+    try:
+        snap, why = latest_snapshot(obj.store)
+        if snap is None:
+            _fail(f"no usable snapshot: {why}" if why else "no snapshot to verify")
+            return
+        rebuilt, position, outcomes, dead = replay(obj.log, obj.decoder, until=snap.position)
+    except (OperationalError, IntegrityError) as e:
+        _fail(f"{type(e).__name__}: {e}")
+        return
+    if position != snap.position:
+        _fail(f"the log ends at {position}, before the snapshot's position {snap.position}")
+        return
+    diff = first_difference(rebuilt, snap.state)
+    if diff is None and outcomes.events + len(dead) != snap.events_folded:
+        diff = (
+            f"records folded: rebuilt {outcomes.events + len(dead)}, snapshot {snap.events_folded}"
+        )
+    if diff is not None:
+        _fail(f"snapshot at {snap.position} differs from the rebuild: {diff}")
+        return
+    click.echo(
+        f"ok: snapshot at {snap.position} equals the rebuild from scratch "
+        f"({snap.events_folded} records, digest {state_digest(rebuilt)})"
+    )
+
+
+@cli.command("dead-letters")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_obj
+def dead_letters(obj: _Ctx, as_json: bool) -> None:
+    """List the dead letters: position, reason, raw fields."""
+    try:
+        letters = obj.log.dead_letters()
+    except OperationalError as e:
+        _fail(f"{type(e).__name__}: {e}")
+        return
+    for letter in letters:
+        fields = {
+            k.decode("utf-8", "replace"): v.decode("utf-8", "replace")[:200]
+            for k, v in letter.fields.items()
+        }
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {"position": str(letter.position), "reason": letter.reason, "fields": fields}
+                )
+            )
+        else:
+            click.echo(f"{letter.position}  {letter.reason}  {fields}")
+    if not as_json:
+        click.echo(f"{len(letters)} dead letters", err=True)
+
+
+if __name__ == "__main__":
+    cli()
