@@ -448,7 +448,7 @@ class Decoder:
 
     def _normalise(self, fields: Fields) -> Mapping[bytes, bytes]:
         """Check the size first, then make every name and value ``bytes``."""
-        if not isinstance(fields, Mapping):
+        if type(fields) is not dict and not isinstance(fields, Mapping):
             raise _Invalid(f"an entry must be a mapping of fields, got {type(fields).__name__}")
         limit = self._limits.max_entry_bytes
         size = 0
