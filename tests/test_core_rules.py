@@ -17,6 +17,7 @@ from shop_core import (
     RejectionCode,
     ShopState,
     TopUp,
+    Transient,
     User,
     apply,
     decide,
@@ -254,3 +255,27 @@ def test_fold_does_not_mutate_its_input_state(evs: list[Event]) -> None:
     snapshot = (dict(mid.users), dict(mid.items))
     fold(evs[k:], mid)
     assert (dict(mid.users), dict(mid.items)) == snapshot
+
+
+@given(histories(max_size=150), st.lists(st.integers(0, 150), max_size=6), st.data())
+def test_transient_over_any_batches_equals_fold_and_never_changes_returned_states(
+    evs: list[Event], cuts: list[int], data: st.DataObject
+) -> None:
+    points = sorted({min(c, len(evs)) for c in cuts} | {0, len(evs)})
+    t = Transient()
+    taken: list[tuple[int, ShopState]] = []
+    for lo, hi in zip(points, points[1:], strict=False):
+        t.fold(evs[lo:hi])
+        if data.draw(st.booleans()):
+            taken.append((hi, t.persistent()))
+    assert t.persistent() == fold(evs)
+    for n, state in taken:  # states handed out earlier are immutable values
+        assert state == fold(evs[:n])
+
+
+def test_transient_reports_outcomes_per_call_and_refuses_non_events() -> None:
+    t = Transient(BASE)
+    assert t.fold([Order(1, (("cpu", 1),)), Order(9, (("cpu", 1),))]).orders_accepted == 1
+    with pytest.raises(TypeError, match="expected a shop event"):
+        t.fold([TopUp(1, 1), 42])  # type: ignore[list-item]
+    assert t.persistent().users[1].balance == 1_000 - 100 + 1
