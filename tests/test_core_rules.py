@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -264,7 +266,7 @@ def test_transient_over_any_batches_equals_fold_and_never_changes_returned_state
     points = sorted({min(c, len(evs)) for c in cuts} | {0, len(evs)})
     t = Transient()
     taken: list[tuple[int, ShopState]] = []
-    for lo, hi in zip(points, points[1:], strict=False):
+    for lo, hi in itertools.pairwise(points):
         t.fold(evs[lo:hi])
         if data.draw(st.booleans()):
             taken.append((hi, t.persistent()))
