@@ -109,20 +109,39 @@ Line: TypeAlias = tuple[str, int]
 
 
 def _check_lines(value: object) -> tuple[Line, ...]:
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+    if type(value) is tuple:
+        raw_lines: tuple[Any, ...] = value
+    elif isinstance(value, str | bytes) or not isinstance(value, Iterable):
         raise TypeError(
             f"Order.lines must be a sequence of (item_id, quantity) pairs, "
             f"got {type(value).__name__}"
         )
-    items: list[Any] = []
-    for raw in value:
-        if len(items) >= MAX_ORDER_LINES:
-            raise ValueError(f"Order.lines must have at most {MAX_ORDER_LINES} lines")
-        items.append(raw)
-    if not items:
+    else:
+        collected: list[Any] = []
+        for raw in value:  # bounded: never materialise a huge iterable
+            if len(collected) > MAX_ORDER_LINES:
+                break
+            collected.append(raw)
+        raw_lines = tuple(collected)
+    if not raw_lines:
         raise ValueError("Order.lines must not be empty")
+    if len(raw_lines) > MAX_ORDER_LINES:
+        raise ValueError(f"Order.lines must have at most {MAX_ORDER_LINES} lines")
+    # Fast path: already a tuple of well-typed (str, int) tuples, kept as is.
+    for raw in raw_lines:
+        if not (
+            type(raw) is tuple
+            and len(raw) == 2
+            and type(raw[0]) is str
+            and 0 < len(raw[0]) <= MAX_ID_LENGTH
+            and type(raw[1]) is int
+            and 0 <= raw[1] <= MAX_INT
+        ):
+            break
+    else:
+        return raw_lines
     lines: list[Line] = []
-    for index, raw in enumerate(items):
+    for index, raw in enumerate(raw_lines):
         if not isinstance(raw, tuple | list) or len(raw) != 2:
             raise TypeError(
                 f"Order.lines[{index}] must be an (item_id, quantity) pair, "
