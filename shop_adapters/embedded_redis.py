@@ -38,6 +38,8 @@ from types import TracebackType
 from typing import Any, Literal
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 __all__ = [
     "RedisServer",
@@ -143,7 +145,7 @@ def _ping(port: int, password: str | None, timeout_s: float = 0.5) -> bool:
         password=password,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
-        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 0),
     )
     try:
         return bool(client.ping())

@@ -1,0 +1,295 @@
+"""A Redis Streams :class:`~shop_adapters.protocols.EventLog` (redis-py, hiredis parser).
+
+Positions are entry IDs ``ms-seq`` parsed with :meth:`Position.parse` and
+compared numerically (``5-9`` < ``5-10``). Commands used (Redis >= 6.2):
+
+- append: pipelined ``XADD <stream> * field value ...`` (server-assigned IDs).
+- read_after: ``XRANGE <stream> (<id> + COUNT <limit>`` (exclusive start,
+  Source: Redis XRANGE docs, "Exclusive ranges", since 6.2).
+- wait_after: ``XREAD [BLOCK <ms>] COUNT <limit> STREAMS <stream> <id>`` from
+  the caller's last position, never ``$`` (Source: Redis XREAD docs: entries
+  with an ID greater than the one given). ``timeout_ms=0`` means do not block
+  (unlike Redis ``BLOCK 0``, which waits forever).
+- last_position: ``XREVRANGE <stream> + - COUNT 1``; first_position:
+  ``XRANGE <stream> - + COUNT 1`` (a missing key reads as an empty stream).
+- dead_letter: ``XADD <dead_stream> <original id> position <id> reason <text>
+  field:<name> <value> ...``. Reusing the original entry ID as the dead letter's
+  explicit ID makes a second dead-lettering of that position (or of any lower
+  one) fail with Redis's "equal or smaller than the target stream top item"
+  error, so it happens exactly once even across crashes.
+
+Nothing here deletes or trims entries (no ``XDEL``/``XTRIM``).
+
+Errors: redis-py's ``ConnectionError``/``TimeoutError`` (which do not subclass
+the built-ins) become :class:`~shop_adapters.errors.OperationalError`, raised
+``from`` the original, so the runner can reconnect and resume from its last
+position. Note that redis-py 8 retries commands on connection errors by
+default: an ``XADD`` whose reply was lost may then land twice, with two IDs
+(appends are at least once; the producer's entries should carry an
+idempotency key such as ``order_id`` where a duplicate matters).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from ..errors import OperationalError
+from ..protocols import ORIGIN, DeadLetter, Position, Record
+from ._common import check_limit, check_timeout, encode_entries
+
+__all__ = ["BLOCK_MARGIN_MS", "RedisStreamLog"]
+
+BLOCK_MARGIN_MS = 250
+"""The client's ``socket_timeout`` must exceed the longest ``BLOCK`` by this much (ms)."""
+
+_FIELD_PREFIX = b"field:"
+_MAX_ID = Position(2**64 - 1, 2**64 - 1)
+
+
+@contextmanager
+def _operational(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+        raise OperationalError(f"Redis unavailable during {what}: {e}") from e
+
+
+def _b(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def _fields(raw: Mapping[Any, Any]) -> dict[bytes, bytes]:
+    """Reply fields as ``bytes -> bytes`` whether the client decodes responses or not."""
+    if all(type(k) is bytes and type(v) is bytes for k, v in raw.items()):
+        return raw if type(raw) is dict else dict(raw)
+    return {_b(k): _b(v) for k, v in raw.items()}
+
+
+def _records(entries: Sequence[Any] | None) -> list[Record]:
+    """``[(id, {field: value}), ...]`` (bytes or str) as records."""
+    if not entries:
+        return []
+    return [Record(Position.parse(entry_id), _fields(fields)) for entry_id, fields in entries]
+
+
+def _xread_entries(reply: Any) -> Sequence[Any] | None:
+    """The entries of the single stream in an XREAD reply (RESP2 list or RESP3 map)."""
+    if not reply:
+        return None
+    if isinstance(reply, dict):  # RESP3: {stream: [[entries]]}
+        (value,) = reply.values()
+        # redis-py 8 wraps the entry list once more: {stream: [[(id, fields), ...]]}.
+        inner = value[0] if value else None
+        if isinstance(inner, list) and not (inner and isinstance(inner[0], bytes | str)):
+            value = value[0]
+        return value  # type: ignore[no-any-return]
+    return reply[0][1]  # type: ignore[no-any-return]
+
+
+class RedisStreamLog:
+    """An event log on one Redis stream, with dead letters in a second stream.
+
+    :param client: a ``redis.Redis``; ``decode_responses`` may be either (values
+        must then be UTF-8 to be decoded by redis-py; binary values such as the
+        seed's MessagePack need ``decode_responses=False``).
+    :param stream: the stream key (default ``"orders"``).
+    :param dead_stream: the dead-letter stream key, default ``f"{stream}:dead"``.
+    :param max_block_ms: longest single ``XREAD BLOCK`` (ms); longer waits loop.
+        The client's ``socket_timeout`` (seconds) must be ``None`` or longer than
+        ``max_block_ms + BLOCK_MARGIN_MS``, else ``ValueError`` here (redis-py
+        would otherwise raise ``TimeoutError`` in the middle of a blocking read).
+    :param owns_client: whether :meth:`close` closes ``client`` (``from_url`` sets it).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        stream: str = "orders",
+        dead_stream: str | None = None,
+        *,
+        max_block_ms: int = 1000,
+        owns_client: bool = False,
+    ) -> None:
+        if not stream:
+            raise ValueError("stream must be a non-empty key name")
+        if type(max_block_ms) is not int or max_block_ms < 1:
+            raise ValueError(f"max_block_ms must be an int >= 1 (ms), got {max_block_ms!r}")
+        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+        socket_timeout = kwargs.get("socket_timeout")
+        if socket_timeout is not None and socket_timeout * 1000 <= max_block_ms + BLOCK_MARGIN_MS:
+            raise ValueError(
+                f"the client's socket_timeout is {socket_timeout} s but blocking reads last up "
+                f"to max_block_ms={max_block_ms} ms; use socket_timeout=None or more than "
+                f"{(max_block_ms + BLOCK_MARGIN_MS) / 1000} s, or a smaller max_block_ms"
+            )
+        self.client = client
+        self.stream = stream
+        self.dead_stream = dead_stream if dead_stream is not None else f"{stream}:dead"
+        self.max_block_ms = max_block_ms
+        self._owns_client = owns_client
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        stream: str = "orders",
+        *,
+        dead_stream: str | None = None,
+        max_block_ms: int = 1000,
+        **client_kwargs: Any,
+    ) -> RedisStreamLog:
+        """A log on a new client for ``url`` (``redis://[:password@]host:port/db``).
+
+        ``client_kwargs`` go to ``redis.Redis.from_url`` (``socket_timeout`` in
+        seconds; default here ``None``, i.e. no read timeout, and
+        ``socket_connect_timeout`` 5 s). :meth:`close` closes that client.
+        """
+        client_kwargs.setdefault("socket_timeout", None)
+        client_kwargs.setdefault("socket_connect_timeout", 5.0)
+        client = redis.Redis.from_url(url, **client_kwargs)
+        return cls(client, stream, dead_stream, max_block_ms=max_block_ms, owns_client=True)
+
+    # -- the log ----------------------------------------------------------------------
+
+    def append(self, entries: Sequence[Mapping[str | bytes, str | bytes | int]]) -> list[Position]:
+        """``XADD <stream> * ...`` for each entry, in one pipeline (no MULTI).
+
+        Returns the server-assigned IDs as positions, increasing. Raises
+        ``TypeError``/``ValueError`` for a bad entry before sending anything,
+        ``OperationalError`` if Redis is unreachable (some entries may have been
+        appended: the caller cannot tell which).
+        """
+        encoded = encode_entries(entries)
+        if not encoded:
+            return []
+        with _operational("XADD"):
+            pipe = self.client.pipeline(transaction=False)
+            for fields in encoded:
+                pipe.xadd(self.stream, fields, id="*")  # type: ignore[arg-type]
+            ids = pipe.execute()
+        return [Position.parse(i) for i in ids]
+
+    def read_after(self, position: Position, limit: int) -> list[Record]:
+        """``XRANGE <stream> (<position> + COUNT <limit>``: up to ``limit`` (>= 1) records
+        strictly after ``position``; ``[]`` at the end or if the stream does not exist."""
+        check_limit(limit)
+        if position >= _MAX_ID:
+            return []
+        with _operational("XRANGE"):
+            reply = self.client.xrange(self.stream, f"({position}", "+", count=limit)
+        return _records(reply)
+
+    def wait_after(self, position: Position, limit: int, timeout_ms: int) -> list[Record]:
+        """``XREAD BLOCK <ms> COUNT <limit> STREAMS <stream> <position>``.
+
+        Returns at once if records exist after ``position``; else blocks up to
+        ``timeout_ms`` ms (in slices of at most ``max_block_ms``) and returns
+        ``[]`` on time-out. ``timeout_ms=0`` does not block.
+        """
+        check_limit(limit)
+        check_timeout(timeout_ms)
+        if position >= _MAX_ID:
+            return []
+        streams = {self.stream: str(position)}
+        if timeout_ms == 0:
+            with _operational("XREAD"):
+                reply = self.client.xread(streams, count=limit)  # type: ignore[arg-type]
+            return _records(_xread_entries(reply))
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                return []
+            block = min(remaining_ms, self.max_block_ms)
+            with _operational("XREAD BLOCK"):
+                reply = self.client.xread(streams, count=limit, block=block)  # type: ignore[arg-type]
+            found = _records(_xread_entries(reply))
+            if found:
+                return found
+
+    def last_position(self) -> Position:
+        """ID of the last entry (``XREVRANGE + - COUNT 1``), or ORIGIN if empty or missing."""
+        with _operational("XREVRANGE"):
+            reply: Any = self.client.xrevrange(self.stream, "+", "-", count=1)
+        return Position.parse(reply[0][0]) if reply else ORIGIN
+
+    def first_position(self) -> Position:
+        """ID of the first entry (``XRANGE - + COUNT 1``), or ORIGIN if empty or missing."""
+        with _operational("XRANGE"):
+            reply: Any = self.client.xrange(self.stream, "-", "+", count=1)
+        return Position.parse(reply[0][0]) if reply else ORIGIN
+
+    # -- dead letters -------------------------------------------------------------------
+
+    def dead_letter(self, letter: DeadLetter) -> bool:
+        """``XADD <dead_stream> <position> position <id> reason <text> field:<name> <value>...``.
+
+        Returns ``False`` if Redis refuses the ID as equal or smaller than the
+        dead stream's top entry (that position, or a later one, was already
+        dead-lettered). Raises ``ValueError`` for :data:`ORIGIN` (Redis refuses
+        ID 0-0), ``OperationalError`` if Redis is unreachable.
+        """
+        if letter.position <= ORIGIN:
+            raise ValueError("cannot dead-letter ORIGIN (0-0): no record lives there")
+        payload: dict[bytes, bytes] = {
+            b"position": str(letter.position).encode("ascii"),
+            b"reason": letter.reason.encode("utf-8", errors="backslashreplace"),
+        }
+        for name, value in letter.fields.items():
+            payload[_FIELD_PREFIX + _b(name)] = _b(value)
+        with _operational("XADD (dead letter)"):
+            try:
+                self.client.xadd(self.dead_stream, payload, id=str(letter.position))  # type: ignore[arg-type]
+            except redis.exceptions.ResponseError as e:
+                if "equal or smaller" in str(e):
+                    return False
+                raise
+        return True
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """All dead letters (``XRANGE <dead_stream>`` in batches of 1,000), in position order."""
+        out: list[DeadLetter] = []
+        start = "-"
+        while True:
+            with _operational("XRANGE (dead letters)"):
+                reply: Any = self.client.xrange(self.dead_stream, start, "+", count=1000)
+            if not reply:
+                return out
+            for entry_id, raw in reply:
+                fields = _fields(raw)
+                position = Position.parse(entry_id)
+                reason = fields.get(b"reason", b"").decode("utf-8", errors="replace")
+                original = {
+                    k[len(_FIELD_PREFIX) :]: v
+                    for k, v in fields.items()
+                    if k.startswith(_FIELD_PREFIX)
+                }
+                out.append(DeadLetter(position, original, reason))
+            start = f"({Position.parse(reply[-1][0])}"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the client if this log created it (:meth:`from_url`); else leave it open."""
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> RedisStreamLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RedisStreamLog(stream={self.stream!r}, dead_stream={self.dead_stream!r})"

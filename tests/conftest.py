@@ -1,0 +1,44 @@
+"""Shared fixtures. Real-Redis tests use ``redis_server``/``redis_client`` and carry
+``@pytest.mark.redis``; they never touch the machine's Redis on port 6379."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+import redis
+
+from shop_adapters.embedded_redis import RedisServer
+
+# --- Redis --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server (AOF on) on a free port, for the whole test session."""
+    data_dir: Path = tmp_path_factory.mktemp("redis-server")
+    with RedisServer(data_dir=data_dir) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A bytes client (``socket_timeout=None``) on ``redis_server``, after ``FLUSHALL``."""
+    client = redis_server.client(socket_timeout=None)
+    client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def fake_redis() -> Iterator[fakeredis.FakeRedis]:
+    """A fresh in-process fake Redis (no Lua: fenced snapshot writes are not supported)."""
+    client = fakeredis.FakeRedis()
+    try:
+        yield client
+    finally:
+        client.close()
