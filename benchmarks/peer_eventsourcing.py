@@ -163,17 +163,22 @@ def _best(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
 
 
 def measure_peer(
-    events: Sequence[Event], persistence: str, repeat: int = 3, workdir: str | None = None
+    events: Sequence[Event],
+    persistence: str,
+    repeat: int = 3,
+    workdir: str | None = None,
+    tail: int = TAIL,
 ) -> PeerResult:
     """Load ``events`` into a fresh :class:`ShopApp` and time replay, snapshot and restore.
 
     ``persistence`` is ``"popo"`` (in memory) or ``"sqlite"`` (a temporary file
-    DB under ``workdir``, removed afterwards). ``len(events)`` must exceed
-    :data:`TAIL`. Raises ``ValueError`` for another persistence name.
+    DB under ``workdir``, removed afterwards). The snapshot is taken ``tail``
+    events before the end (``0 < tail < len(events)``). Raises ``ValueError``
+    for another persistence name or a bad ``tail``.
     """
     n = len(events)
-    if n <= TAIL:
-        raise ValueError(f"the peer needs more than {TAIL} events, got {n}")
+    if not 0 < tail < n:
+        raise ValueError(f"need 0 < tail < len(events), got tail {tail} for {n} events")
     env: dict[str, str] = {}
     tmp: tempfile.TemporaryDirectory[str] | None = None
     if persistence == "sqlite":
@@ -199,9 +204,9 @@ def measure_peer(
         replay_digest = state_digest(replayed.state)  # type: ignore[attr-defined]
         del replayed
 
-        # The aggregate after n - TAIL shop events (version 1 is the creation event).
-        version = n - TAIL + 1
-        at = app.repository.get(shop_id, version=version)
+        # The aggregate after n - tail shop events (version 1 is the creation event).
+        version = n - tail + 1
+        at: ShopAggregate = app.repository.get(shop_id, version=version)
         assert app.snapshots is not None
         snapshot_class = ShopAggregate.Snapshot
         snapshot_write_s, _ = _best(

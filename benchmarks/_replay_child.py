@@ -1,0 +1,75 @@
+"""Child process for the peak-RSS measurement of :mod:`benchmarks.replay_vs_snapshot`.
+
+``python -m benchmarks._replay_child MODE BACKEND LOCATION [BATCH]`` opens a log
+that the parent already loaded and prints one JSON line:
+``{"events": int, "digest": str, "seconds": float, "maxrss_bytes": int}``.
+
+- ``MODE``: ``replay`` (read everything with ``read_after``, decode, fold per
+  batch) or ``baseline`` (import and open the log, read nothing), so the
+  parent can report the replay's peak RSS and its excess over an idle process;
+- ``BACKEND``/``LOCATION``: ``file PATH`` or ``redis URL#STREAM``.
+
+``maxrss_bytes`` is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (kilobytes on
+Linux) times 1024: the process's peak resident set size.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+from shop_adapters.codec import Decoder
+from shop_adapters.protocols import ORIGIN, EventLog
+from shop_core import EMPTY, fold, state_digest
+
+
+def _open(backend: str, location: str) -> EventLog:
+    if backend == "file":
+        from shop_adapters.logs.file import FileLog
+
+        return FileLog(location)
+    if backend == "redis":
+        import redis
+
+        from shop_adapters.logs.redis_stream import RedisStreamLog
+
+        url, _, stream = location.partition("#")
+        return RedisStreamLog(redis.Redis.from_url(url), stream=stream)
+    raise SystemExit(f"backend must be file or redis, got {backend!r}")
+
+
+def main(argv: list[str]) -> int:
+    mode, backend, location = argv[:3]
+    batch = int(argv[3]) if len(argv) > 3 else 10_000
+    log = _open(backend, location)
+    decoder = Decoder()
+    state = EMPTY
+    n = 0
+    t0 = time.perf_counter()
+    if mode == "replay":
+        position = ORIGIN
+        while records := log.read_after(position, batch):
+            pairs, _dead = decoder.decode_records(records)
+            state = fold((e for _, e in pairs), state)
+            position = records[-1].position
+            n += len(records)
+    seconds = time.perf_counter() - t0
+    log.close()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(
+        json.dumps(
+            {
+                "events": n,
+                "digest": state_digest(state),
+                "seconds": seconds,
+                "maxrss_bytes": maxrss,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
