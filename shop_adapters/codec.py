@@ -304,6 +304,9 @@ def _order(data: _EventData, limits: Limits) -> Event:
     lines = data["lines"]
     if type(lines) is list and len(lines) > limits.max_lines:
         raise _Invalid(f"too many lines: Order.lines has {len(lines)}, at most {limits.max_lines}")
+    if type(lines) is list:
+        # JSON gives [[id, qty], ...]; tuples take the constructor's fast path.
+        lines = tuple([tuple(x) if type(x) is list else x for x in lines])
     event = Order(data["user_id"], lines, data.get("order_id"))
     if limits.max_id_length < MAX_ID_LENGTH:
         for index, (iid, _) in enumerate(event.lines):
@@ -478,16 +481,30 @@ class Decoder:
 
     def _decode(self, raw_fields: Fields) -> Event:
         """The one decoding path: an event, or raises ``_Invalid(reason)``."""
-        fields = self._normalise(raw_fields)
-        etype = fields.get(b"type")
-        if etype is None:
-            raise _Invalid("missing field 'type'")
-        v = fields.get(b"v")
-        found = _DISPATCH.get((etype, v))
-        if found is None:
-            raise _Invalid(_unknown(etype, v, fields.get(b"data")))
+        found = None
+        if type(raw_fields) is dict:
+            # Fast path for the common case (a dict of bytes from redis-py or a
+            # file log): C-level size sum, then one dispatch lookup. Anything
+            # unusual falls through to the full normalisation below.
+            try:
+                size = sum(map(len, raw_fields)) + sum(map(len, raw_fields.values()))
+            except TypeError:
+                size = -1
+            if 0 <= size <= self._limits.max_entry_bytes:
+                found = _DISPATCH.get((raw_fields.get(b"type"), raw_fields.get(b"v")))  # type: ignore[arg-type]
+        if found is not None and type(data_bytes := raw_fields.get(b"data")) is bytes:
+            fields = raw_fields
+        else:
+            fields = self._normalise(raw_fields)
+            etype = fields.get(b"type")
+            if etype is None:
+                raise _Invalid("missing field 'type'")
+            v = fields.get(b"v")
+            found = _DISPATCH.get((etype, v))
+            if found is None:
+                raise _Invalid(_unknown(etype, v, fields.get(b"data")))
+            data_bytes = fields.get(b"data")
         version, name = found
-        data_bytes = fields.get(b"data")
         if data_bytes is None:
             raise _Invalid("missing field 'data'")
         data: Any
