@@ -277,7 +277,9 @@ class RedisServer:
         if proc is None:
             return
         if proc.poll() is None:
-            client = self.client(socket_timeout=2.0, socket_connect_timeout=2.0)
+            client = self.client(
+                socket_timeout=2.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
+            )
             try:
                 client.shutdown(nosave=True)
             except redis.exceptions.RedisError:
@@ -352,19 +354,29 @@ class RedisServer:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust kill(0)
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _ours(port: int, password: str | None, data_dir: Path) -> bool:
     """Whether the server on ``port`` answers and keeps its files in ``data_dir``."""
     client = redis.Redis(
-        host=_HOST, port=port, password=password, socket_timeout=1.0, socket_connect_timeout=1.0
+        host=_HOST,
+        port=port,
+        password=password,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 0),
     )
     try:
         reply: dict[Any, Any] = client.config_get("dir")
@@ -505,7 +517,11 @@ def stop_embedded(
                 os.kill(pid, signal.SIGKILL)
         else:
             client = redis.Redis(
-                host=_HOST, port=state["port"], password=password, socket_timeout=2.0
+                host=_HOST,
+                port=state["port"],
+                password=password,
+                socket_timeout=2.0,
+                retry=Retry(NoBackoff(), 0),  # the reply to SHUTDOWN is a closed socket
             )
             try:
                 client.shutdown(nosave=True)
