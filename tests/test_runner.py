@@ -1,0 +1,297 @@
+"""The runner over the memory log and store: restore, gap check, catch-up, follow,
+snapshots, reconnect, stop, fencing. No Redis needed."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+from returns.result import Success
+
+from shop_adapters.codec import Decoder, Snapshot, decode_snapshot, encode_event, encode_snapshot
+from shop_adapters.errors import FencedError, GapError, IntegrityError, OperationalError
+from shop_adapters.logs.memory import MemoryLog
+from shop_adapters.protocols import ORIGIN, Position, Record
+from shop_adapters.runner import Runner, backoff_delay, index_records_total, replay
+from shop_adapters.snapshots.memory import MemorySnapshotStore
+from shop_adapters.workload import synthetic_events
+from shop_core import EMPTY, AddItem, Event, Order, TopUp, fold, fold_with_outcomes, state_digest
+
+BAD = {"type": "TopUp", "v": "1", "data": '{"user_id": -1, "amount": 5}'}
+
+
+def make_log(events: Sequence[Event], bad_every: int | None = None) -> MemoryLog:
+    log = MemoryLog()
+    entries: list[Mapping[str | bytes, str | bytes | int]] = []
+    for i, e in enumerate(events, 1):
+        entries.append(encode_event(e))  # type: ignore[arg-type]
+        if bad_every and i % bad_every == 0:
+            entries.append(BAD)  # type: ignore[arg-type]
+    log.append(entries)
+    return log
+
+
+def runner(log: Any, store: Any, **kw: Any) -> Runner:
+    kw.setdefault("progress", False)
+    kw.setdefault("records_total", index_records_total(log))
+    kw.setdefault("backoff_base", 0.001)
+    kw.setdefault("backoff_cap", 0.01)
+    return Runner(log, store, Decoder(), **kw)
+
+
+def stored(store: MemorySnapshotStore) -> Snapshot:
+    blob = store.read()
+    assert blob is not None
+    result = decode_snapshot(blob)
+    assert isinstance(result, Success)
+    snap: Snapshot = result.unwrap()
+    return snap
+
+
+EVENTS = list(synthetic_events(5_000, users=50, items=10, seed=7))
+
+
+def test_catch_up_folds_every_event_and_dead_letters_the_rest() -> None:
+    log = make_log(EVENTS, bad_every=500)
+    store = MemorySnapshotStore()
+    summary = runner(log, store, batch_size=333).run(exit_when_idle=True)
+    state, outcomes = fold_with_outcomes(EVENTS)
+    assert summary.digest == state_digest(state)
+    assert summary.events_applied == 5_000
+    assert summary.dead_letters == 10
+    assert [d.position for d in log.dead_letters()] == [Position(i * 501, 0) for i in range(1, 11)]
+    assert summary.orders_accepted == outcomes.orders_accepted
+    assert summary.rejections == outcomes.rejections
+    assert summary.last_position == log.last_position()
+    assert summary.lag == 0
+    assert summary.stop_reason == "idle"
+    snap = stored(store)
+    assert snap.position == log.last_position() and snap.state == state
+    assert snap.events_folded == 5_010 and snap.dead_letters == 10
+
+
+def test_restart_from_snapshot_replays_nothing_then_only_new_records() -> None:
+    log = make_log(EVENTS[:3_000])
+    store = MemorySnapshotStore()
+    runner(log, store).run(exit_when_idle=True)
+    again = runner(log, store).run(exit_when_idle=True)
+    assert again.events_applied == 0 and again.restored_from == log.last_position()
+    assert again.snapshots_written == 0
+    log.append([encode_event(e) for e in EVENTS[3_000:]])  # type: ignore[misc]
+    third = runner(log, store).run(exit_when_idle=True)
+    assert third.events_applied == 2_000
+    assert third.total_events == 5_000
+    assert third.digest == state_digest(fold(EVENTS))
+
+
+def test_a_corrupt_snapshot_is_set_aside_and_the_state_rebuilt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = make_log(EVENTS)
+    store = MemorySnapshotStore()
+    store.write(b"\x80\x04K\x01.")  # a pickle: never unpickled
+    with caplog.at_level(logging.WARNING, logger="shop.runner"):
+        summary = runner(log, store).run(exit_when_idle=True)
+    assert "snapshot set aside" in caplog.text and "pickle" in caplog.text
+    assert summary.events_applied == 5_000 and summary.restored_from is None
+    assert summary.digest == state_digest(fold(EVENTS))
+    assert stored(store).position == log.last_position()
+
+
+def test_from_scratch_ignores_the_snapshot() -> None:
+    log = make_log(EVENTS)
+    store = MemorySnapshotStore()
+    runner(log, store).run(exit_when_idle=True)
+    summary = runner(log, store, from_scratch=True).run(exit_when_idle=True)
+    assert summary.events_applied == 5_000 and summary.restored_from is None
+
+
+class TrimmedLog(MemoryLog):
+    """A memory log whose records up to ``trimmed`` were removed by someone else."""
+
+    def __init__(self, trimmed: int) -> None:
+        super().__init__()
+        self.trimmed = trimmed
+
+    def read_after(self, position: Position, limit: int) -> list[Record]:
+        return super().read_after(max(position, Position(self.trimmed, 0)), limit)
+
+    def first_position(self) -> Position:
+        last = self.last_position()
+        return Position(self.trimmed + 1, 0) if last.major > self.trimmed else ORIGIN
+
+
+def test_gap_after_the_snapshot_is_refused_loudly() -> None:
+    log = TrimmedLog(trimmed=200)
+    log.append([encode_event(e) for e in EVENTS[:1_000]])  # type: ignore[misc]
+    store = MemorySnapshotStore()
+    store.write(encode_snapshot(Snapshot(fold(EVENTS[:100]), Position(100, 0), 100)))
+    r = runner(log, store)
+    with pytest.raises(GapError, match="trimmed"):
+        r.run(exit_when_idle=True)
+    assert r.state == fold(EVENTS[:100])  # nothing folded over the gap
+    # A snapshot at or after the first record left is fine (XTRIM MINID <snapshot>).
+    store.write(encode_snapshot(Snapshot(fold(EVENTS[:201]), Position(201, 0), 201)))
+    summary = runner(log, store).run(exit_when_idle=True)
+    assert summary.digest == state_digest(fold(EVENTS[:1_000]))
+
+
+def test_a_snapshot_ahead_of_the_log_is_refused() -> None:
+    log = make_log(EVENTS[:10])
+    store = MemorySnapshotStore()
+    store.write(encode_snapshot(Snapshot(fold(EVENTS[:20]), Position(20, 0), 20)))
+    with pytest.raises(IntegrityError, match="lost records"):
+        runner(log, store).run(exit_when_idle=True)
+
+
+class FlakyLog:
+    """Delegates to a memory log; each read or dead-letter fails with probability ``p``."""
+
+    def __init__(self, inner: MemoryLog, p: float, seed: int = 1) -> None:
+        self.inner = inner
+        self.p = p
+        self.rng = random.Random(seed)
+        self.calls = 0
+        self.failures = 0
+
+    def _maybe_fail(self) -> None:
+        self.calls += 1
+        if self.rng.random() < self.p:
+            self.failures += 1
+            raise OperationalError("connection reset (test)")
+
+    def read_after(self, position: Position, limit: int) -> list[Record]:
+        self._maybe_fail()
+        return self.inner.read_after(position, limit)
+
+    def wait_after(self, position: Position, limit: int, timeout_ms: int) -> list[Record]:
+        self._maybe_fail()
+        return self.inner.wait_after(position, limit, timeout_ms)
+
+    def dead_letter(self, letter: Any) -> bool:
+        self._maybe_fail()
+        return self.inner.dead_letter(letter)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_reconnects_and_resumes_without_losing_or_repeating_a_record() -> None:
+    inner = make_log(EVENTS, bad_every=97)
+    log = FlakyLog(inner, p=0.3)
+    summary = runner(log, MemorySnapshotStore(), batch_size=100).run(exit_when_idle=True)
+    assert log.failures > 10
+    assert summary.events_applied == 5_000
+    assert summary.dead_letters == len(inner.dead_letters()) == 5_000 // 97
+    assert summary.digest == state_digest(fold(EVENTS))
+
+
+def test_gives_up_after_max_retries() -> None:
+    log = FlakyLog(make_log(EVENTS), p=1.0)
+    with pytest.raises(OperationalError):
+        runner(log, MemorySnapshotStore(), max_retries=3).run(exit_when_idle=True)
+
+
+def test_snapshots_every_n_records_in_the_background() -> None:
+    log = make_log(EVENTS)
+    store = MemorySnapshotStore()
+    writes: list[Position] = []
+    real_write = store.write
+
+    def write(blob: bytes) -> None:
+        time.sleep(0.01)  # slow serialisation must not matter for correctness
+        real_write(blob)
+        writes.append(stored(store).position)
+
+    store.write = write  # type: ignore[method-assign]
+    summary = runner(log, store, snapshot_every=500, snapshot_interval=None).run(
+        exit_when_idle=True
+    )
+    assert 1 <= summary.snapshots_written == len(writes) <= 11
+    assert writes == sorted(writes) and writes[-1] == log.last_position()
+    for p in writes:  # every snapshot sits on a batch boundary: fold(log[..p])
+        assert p.major % 500 == 0
+
+
+def test_follows_the_tail_and_stop_writes_a_final_snapshot() -> None:
+    log = make_log(EVENTS[:1_000])
+    store = MemorySnapshotStore()
+    r = runner(log, store, snapshot_interval=None, block_ms=50)
+    result: list[Any] = []
+    t = threading.Thread(target=lambda: result.append(r.run(exit_when_idle=False)))
+    t.start()
+    deadline = time.monotonic() + 5
+    while r.position != Position(1_000, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    log.append([encode_event(e) for e in EVENTS[1_000:]])  # type: ignore[misc]
+    while r.position != Position(5_000, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    r.stop()
+    t.join(5)
+    assert not t.is_alive()
+    summary = result[0]
+    assert summary.stop_reason == "stopped" and summary.events_applied == 5_000
+    assert summary.snapshots_written == 1
+    assert stored(store).position == Position(5_000, 0)
+    assert stored(store).state == fold(EVENTS)
+
+
+class FencedStore(MemorySnapshotStore):
+    def write(self, blob: bytes) -> None:
+        raise FencedError("token 1 is older than 2 (test)")
+
+
+def test_a_fenced_snapshot_write_abandons_the_run_without_a_final_snapshot() -> None:
+    log = make_log(EVENTS)
+    summary = runner(log, FencedStore(), snapshot_every=100, batch_size=100).run(
+        exit_when_idle=True
+    )
+    assert summary.stop_reason.startswith("abandoned: fenced")
+    assert summary.snapshots_written == 0
+    assert summary.events_applied < 5_000
+
+
+def test_stop_before_run_still_restores_and_exits() -> None:
+    log = make_log(EVENTS[:10])
+    r = runner(log, MemorySnapshotStore())
+    r.stop()
+    summary = r.run()
+    assert summary.stop_reason == "stopped" and summary.events_applied == 0
+
+
+def test_replay_is_read_only_and_stops_at_until() -> None:
+    log = make_log(EVENTS[:100], bad_every=10)
+    state, pos, outcomes, dead = replay(log, Decoder(), until=Position(55, 0))
+    # Records 1..55 hold 50 events and 5 bad entries (every 11th record).
+    assert pos == Position(55, 0) and outcomes.events == 50 and len(dead) == 5
+    assert state == fold(EVENTS[:50])
+    assert log.dead_letters() == []
+    state2, pos2, _, _ = replay(log, Decoder(), state, pos)
+    assert pos2 == log.last_position() and state2 == fold(EVENTS[:100])
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    delays = [backoff_delay(a, base=0.1, cap=2.0) for a in range(1, 40)]
+    assert all(0 < d <= 2.0 for d in delays)
+    assert backoff_delay(3, 0.1, 2.0, rng=lambda: 0.0) == pytest.approx(0.2)
+    assert backoff_delay(3, 0.1, 2.0, rng=lambda: 1.0) == pytest.approx(0.4)
+
+
+def test_rejected_orders_and_outcomes_are_counted() -> None:
+    events: list[Event] = [
+        TopUp(1, 100),
+        AddItem("cpu", 1, 60),
+        Order(1, (("cpu", 1),)),
+        Order(1, (("cpu", 1),)),  # out of stock
+        Order(2, (("cpu", 1),)),  # unknown user
+    ]
+    summary = runner(make_log(events), MemorySnapshotStore()).run(exit_when_idle=True)
+    assert summary.orders_accepted == 1
+    assert summary.rejections == {"out_of_stock": 1, "unknown_user": 1}
+    assert summary.to_dict()["last_position"] == "5-0"
+    assert fold(events) != EMPTY
