@@ -42,3 +42,22 @@ def fake_redis() -> Iterator[fakeredis.FakeRedis]:
         yield client
     finally:
         client.close()
+
+
+# --- Reliability options ------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("shop reliability")
+    group.addoption(
+        "--trials",
+        type=int,
+        default=None,
+        help="crash-anywhere trials of tests/test_reliability_crash.py (default 20)",
+    )
+    group.addoption(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seed of the first crash-anywhere trial (rerun a failing seed with --trials 1)",
+    )
