@@ -1,0 +1,399 @@
+"""The runner, producer, inspector and lease against a real redis-server.
+
+Uses the session ``redis_server`` (flushed per test by ``redis_client``) and, for
+the restart and password tests, servers of their own. Subprocess tests run the
+real CLIs (``python -m ...``), including ``kill -9`` during catch-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from shop_adapters import inspect as inspect_cli
+from shop_adapters import producer
+from shop_adapters.codec import Decoder, Snapshot, decode_snapshot, encode_event, encode_snapshot
+from shop_adapters.embedded_redis import RedisServer
+from shop_adapters.errors import FencedError
+from shop_adapters.lease import Lease
+from shop_adapters.logs.redis_stream import RedisStreamLog
+from shop_adapters.protocols import ORIGIN
+from shop_adapters.redis_runner import stream_records_total
+from shop_adapters.retail_csv import map_rows, read_csv
+from shop_adapters.runner import Runner, replay
+from shop_adapters.snapshots.redis import RedisSnapshotStore
+from shop_adapters.workload import synthetic_events
+from shop_core import AddItem, TopUp, fold, state_digest
+
+pytestmark = pytest.mark.redis
+
+REPO = Path(__file__).resolve().parents[1]
+RETAIL = "online-retail-2010-12-01-to-07.csv"
+
+
+def data_dir() -> Path:
+    env = os.environ.get("SHOP_DATA_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def retail_csv() -> Path:
+    path = data_dir() / RETAIL
+    if not path.exists():
+        pytest.skip(f"{path} not found (set SHOP_DATA_DIR)")
+    return path
+
+
+def client_for(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=10)
+
+
+def make_runner(client: redis.Redis, stream: str, **kw: Any) -> Runner:
+    kw.setdefault("progress", False)
+    return Runner(
+        RedisStreamLog(client, stream),
+        RedisSnapshotStore(client, f"{stream}:snapshot"),
+        Decoder(),
+        records_total=lambda: stream_records_total(client, stream),
+        backoff_base=0.05,
+        backoff_cap=0.5,
+        **kw,
+    )
+
+
+def produce(url: str, stream: str, n: int, seed: int = 3) -> None:
+    log = RedisStreamLog(client_for(url), stream)
+    events = synthetic_events(n, users=500, items=50, seed=seed)
+    producer.append_events(log, events, chunk=5_000, progress=False)
+    log.client.close()
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("REDIS_URL", None)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=cli_env(),
+        check=False,
+    )
+
+
+class Proc:
+    """A CLI subprocess whose stderr lines are collected by a thread."""
+
+    def __init__(self, *args: str) -> None:
+        self.p = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=cli_env(),
+        )
+        self.lines: list[str] = []
+        assert self.p.stderr is not None
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        assert self.p.stderr is not None
+        for line in self.p.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.p.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not seen; stderr:\n{''.join(self.lines)[-3000:]}")
+
+    def finish(self, timeout: float = 30) -> tuple[int, str]:
+        out, _ = self.p.communicate(timeout=timeout)
+        self._t.join(5)
+        return self.p.returncode, out
+
+
+def summary_of(stdout: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return result
+
+
+# --- the Online Retail week --------------------------------------------------------------
+
+
+def test_online_retail_import_then_runner_equals_the_in_memory_fold(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    path = retail_csv()
+    result = CliRunner().invoke(
+        producer.cli, ["--redis-url", redis_server.url, "import-csv", str(path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "imported 10807 rows, skipped 6178: "
+        "{'cancellation': 183, 'guest': 5994, 'non_positive_price': 1}" in result.output
+    )
+    assert "events written: {'AddItem': 10807, 'TopUp': 567, 'Order': 567}" in result.output
+
+    summary = make_runner(redis_client, "orders").run(exit_when_idle=True)
+    records = RedisStreamLog(redis_client, "orders").read_after(ORIGIN, 100_000)
+    pairs, dead = Decoder().decode_records(records)
+    assert dead == []
+    assert summary.digest == state_digest(fold(e for _, e in pairs))
+    assert summary.digest == state_digest(fold(map_rows(read_csv(path)).events))
+    assert (summary.events_applied, summary.orders_accepted, summary.lag) == (11_941, 567, 0)
+
+    again = make_runner(redis_client, "orders").run(exit_when_idle=True)
+    assert again.events_applied == 0 and again.digest == summary.digest
+
+    verify = CliRunner().invoke(inspect_cli.cli, ["--redis-url", redis_server.url, "verify"])
+    assert verify.exit_code == 0 and verify.output.startswith("ok: snapshot at")
+
+
+# --- crashes and restarts ------------------------------------------------------------------
+
+
+def test_kill_9_during_catch_up_then_restart_equals_from_scratch(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    n = 150_000
+    produce(redis_server.url, "big", n)
+    expected = state_digest(fold(synthetic_events(n, users=500, items=50, seed=3)))
+    args = ("shop_adapters.redis_runner", "--redis-url", redis_server.url, "--stream", "big")
+    args += ("--snapshot-every", "1000", "--log-format", "json", "--lease-ttl", "1")
+    victim = Proc(*args, "--exit-when-idle", "--batch-size", "500")
+    victim.wait_for("lease big:lease acquired")
+    time.sleep(random.uniform(0.2, 0.8))
+    assert victim.p.poll() is None, "the runner finished before it could be killed"
+    victim.p.send_signal(signal.SIGKILL)
+    assert victim.finish()[0] == -signal.SIGKILL
+    store = RedisSnapshotStore(redis_client, "big:snapshot")
+    blob = store.read()
+    assert blob is not None  # snapshots were written during catch-up
+    killed_at = decode_snapshot(blob).unwrap()
+    assert ORIGIN < killed_at.position < RedisStreamLog(redis_client, "big").last_position()
+
+    restarted = run_cli(*args, "--exit-when-idle")  # waits out the dead runner's lease
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    resumed = summary_of(restarted.stdout)
+    assert resumed["restored_from"] is not None
+    assert 0 < resumed["events_applied"] < n
+    assert resumed["total_events"] == n and resumed["digest"] == expected
+
+    scratch = run_cli(*args, "--exit-when-idle", "--from-scratch")
+    assert scratch.returncode == 0, scratch.stderr[-2000:]
+    assert summary_of(scratch.stdout)["digest"] == expected
+    assert summary_of(scratch.stdout)["events_applied"] == n
+
+
+def test_redis_restart_mid_run_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    n = 120_000
+    with RedisServer(data_dir=tmp_path / "redis") as server:
+        produce(server.url, "orders", n)
+        client = client_for(server.url)
+        r = make_runner(client, "orders", batch_size=2_000, snapshot_every=10_000, block_ms=100)
+        out: list[Any] = []
+        t = threading.Thread(target=lambda: out.append(r.run(exit_when_idle=False)))
+        t.start()
+        while r.position == ORIGIN:
+            time.sleep(0.005)
+        server.restart()
+        deadline = time.monotonic() + 60
+        last = RedisStreamLog(client, "orders").last_position()
+        while r.position != last and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r.stop()
+        t.join(30)
+        summary = out[0]
+        assert summary.events_applied == n
+        assert summary.digest == state_digest(fold(synthetic_events(n, 500, 50, seed=3)))
+        snap = decode_snapshot(RedisSnapshotStore(client, "orders:snapshot").read() or b"")
+        assert snap.unwrap().position == last
+        client.close()
+
+
+def test_sigterm_writes_a_final_snapshot_and_exits_0(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    produce(redis_server.url, "orders", 5_000)
+    proc = Proc(
+        "shop_adapters.redis_runner",
+        "--redis-url",
+        redis_server.url,
+        "--snapshot-interval",
+        "3600",
+        "--log-format",
+        "json",
+    )
+    proc.wait_for("caught up")
+    log = RedisStreamLog(redis_client, "orders")
+    log.append([encode_event(TopUp(1, 5))])  # type: ignore[list-item]
+    time.sleep(0.3)
+    proc.p.send_signal(signal.SIGTERM)
+    code, out = proc.finish()
+    assert code == 0
+    assert summary_of(out)["stop_reason"] == "stopped"
+    blob = RedisSnapshotStore(redis_client, "orders:snapshot").read()
+    assert blob is not None
+    assert decode_snapshot(blob).unwrap().position == log.last_position()
+    assert redis_client.get("orders:lease") is None  # released
+
+
+def test_a_second_runner_waits_for_the_lease_then_takes_over(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    produce(redis_server.url, "orders", 2_000)
+    args = ("shop_adapters.redis_runner", "--redis-url", redis_server.url, "--log-format", "json")
+    first = Proc(*args)
+    first.wait_for("caught up")
+    second = Proc(*args)
+    second.wait_for("waiting for it")
+    assert not any("acquired" in line for line in second.lines)
+    first.p.send_signal(signal.SIGTERM)
+    assert first.finish()[0] == 0
+    second.wait_for("fencing token 2")
+    second.wait_for("caught up")
+    second.p.send_signal(signal.SIGTERM)
+    code, out = second.finish()
+    assert code == 0 and summary_of(out)["events_applied"] == 0  # resumed from the snapshot
+
+
+def test_a_runner_that_lost_its_lease_is_fenced(redis_client: redis.Redis) -> None:
+    a = Lease(redis_client, "orders", ttl_ms=300, poll_s=0.05)
+    b = Lease(redis_client, "orders", ttl_ms=300, poll_s=0.05)
+    lost: list[str] = []
+    assert a.acquire(on_lost=lost.append) == 1
+    assert b.try_acquire() is None
+    a._stop_renewing.set()  # a "GC pause": a stops renewing without noticing
+    assert b.acquire() == 2
+    store_a = RedisSnapshotStore(redis_client, "orders:snapshot", fencing_token=lambda: 1)
+    store_b = RedisSnapshotStore(redis_client, "orders:snapshot", fencing_token=b.fencing_token)
+    store_b.write(b"from b")
+    with pytest.raises(FencedError):
+        store_a.write(b"from a")
+    assert store_b.read() == b"from b"
+    b.release()
+    assert redis_client.get("orders:lease") is None
+
+
+def test_the_renewer_reports_a_lost_lease(redis_client: redis.Redis) -> None:
+    a = Lease(redis_client, "s", ttl_ms=300, poll_s=0.05)
+    lost: list[str] = []
+    assert a.acquire(on_lost=lost.append) == 1
+    redis_client.set("s:lease", b"someone else")
+    deadline = time.monotonic() + 3
+    while not lost and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert lost and "someone else" in lost[0]
+    assert a.token is None and a.fencing_token() == 0
+    a.release()
+    assert redis_client.get("s:lease") == b"someone else"  # not ours: left alone
+
+
+# --- the CLIs --------------------------------------------------------------------------------
+
+
+def test_producer_single_events_and_bad_input(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    url = ["--redis-url", redis_server.url]
+    cli = CliRunner()
+    assert cli.invoke(producer.cli, [*url, "topup", "7", "500"]).exit_code == 0
+    assert cli.invoke(producer.cli, [*url, "add-item", "cpu", "3", "--price", "100"]).exit_code == 0
+    assert cli.invoke(producer.cli, [*url, "order", "7", "cpu:2", "cpu:1"]).exit_code == 0
+    for bad in (
+        ["topup", "7", "-5"],
+        ["topup", "x", "5"],
+        ["add-item", "cpu", "1", "--price", "1.5"],
+        ["order", "7", "cpu"],
+        ["order", "7", "cpu:two"],
+        ["order", "7"],
+    ):
+        result = cli.invoke(producer.cli, [*url, *bad])
+        assert result.exit_code == 2, (bad, result.output)
+    assert redis_client.xlen("orders") == 3
+    state = cli.invoke(inspect_cli.cli, [*url, "state", "--json"])
+    assert state.exit_code == 0, state.output
+    shown = json.loads(state.output)
+    assert shown["users"] == {"7": 200} and shown["items"] == {"cpu": {"price": 100, "stock": 0}}
+
+
+def test_inspect_state_at_verify_and_dead_letters(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    url = ["--redis-url", redis_server.url]
+    log = RedisStreamLog(redis_client, "orders")
+    p1, _, p3 = log.append(
+        [
+            encode_event(TopUp(1, 10)),  # type: ignore[list-item]
+            {"type": "TopUp", "v": "1", "data": "{not json"},
+            encode_event(AddItem("x", 2, 5)),  # type: ignore[list-item]
+        ]
+    )
+    cli = CliRunner()
+    assert cli.invoke(inspect_cli.cli, [*url, "verify"]).exit_code == 1  # no snapshot yet
+    summary = make_runner(redis_client, "orders").run(exit_when_idle=True)
+    assert summary.dead_letters == 1
+    ok = cli.invoke(inspect_cli.cli, [*url, "verify"])
+    assert ok.exit_code == 0, ok.output
+    at = json.loads(cli.invoke(inspect_cli.cli, [*url, "state", "--json", "--at", str(p1)]).output)
+    assert at == {
+        "position": str(p1),
+        "digest": state_digest(fold([TopUp(1, 10)])),
+        "users": {"1": 10},
+        "items": {},
+    }
+    letters = cli.invoke(inspect_cli.cli, [*url, "dead-letters"])
+    assert letters.exit_code == 0
+    assert f"{p1.major}-{p1.minor + 1}" in letters.output or "{not json" in letters.output
+    assert "{not json" in letters.output
+    # A snapshot that disagrees with the log is caught by verify.
+    store = RedisSnapshotStore(redis_client, "orders:snapshot")
+    store.write(encode_snapshot(Snapshot(fold([TopUp(1, 11), AddItem("x", 2, 5)]), p3, 3)))
+    bad = cli.invoke(inspect_cli.cli, [*url, "verify"])
+    assert bad.exit_code == 1 and "user 1" in bad.output
+    state, pos, _, _ = replay(log, Decoder())
+    assert pos == p3 and state == fold([TopUp(1, 10), AddItem("x", 2, 5)])
+    assert redis_client.xlen("orders:dead") == 1  # inspect wrote nothing more
+
+
+@pytest.fixture
+def password_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(data_dir=tmp_path / "pw", password="s3cret-pw") as server:  # noqa: S106
+        yield server
+
+
+def test_a_password_in_the_url_works_and_is_never_logged(password_server: RedisServer) -> None:
+    url = password_server.url
+    assert "s3cret-pw" in url
+    produced = run_cli("shop_adapters.producer", "--redis-url", url, "topup", "1", "5")
+    assert produced.returncode == 0, produced.stderr
+    ran = run_cli("shop_adapters.redis_runner", "--redis-url", url, "--exit-when-idle")
+    assert ran.returncode == 0, ran.stderr
+    for out in (produced.stdout, produced.stderr, ran.stdout, ran.stderr):
+        assert "s3cret-pw" not in out
+    assert ":***@" in ran.stderr
