@@ -88,7 +88,7 @@ def cli_env() -> dict[str, str]:
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [sys.executable, "-m", *args],
         capture_output=True,
         text=True,
@@ -103,7 +103,7 @@ class Proc:
     """A CLI subprocess whose stderr lines are collected by a thread."""
 
     def __init__(self, *args: str) -> None:
-        self.p = subprocess.Popen(  # noqa: S603
+        self.p = subprocess.Popen(
             [sys.executable, "-m", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -383,7 +383,7 @@ def test_inspect_state_at_verify_and_dead_letters(
 
 @pytest.fixture
 def password_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(data_dir=tmp_path / "pw", password="s3cret-pw") as server:  # noqa: S106
+    with RedisServer(data_dir=tmp_path / "pw", password="s3cret-pw") as server:
         yield server
 
 
