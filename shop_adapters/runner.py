@@ -154,7 +154,9 @@ def check_continuity(log: EventLog, position: Position) -> None:
     """Raise if folding ``log`` after ``position`` would skip or invent history.
 
     Raises :class:`GapError` if ``position > ORIGIN`` and the log's first record
-    is after it (records after the snapshot were trimmed), and
+    is after it (records after the snapshot were trimmed), or, for a log that
+    has ``max_deleted_position()`` (a Redis >= 7.0 stream), if a record after
+    ``position`` was ever deleted (an ``XDEL`` behind older records); and
     :class:`IntegrityError` if the log's last record is before ``position``
     (the log lost records the snapshot has seen). ``OperationalError`` passes
     through.
@@ -174,6 +176,15 @@ def check_continuity(log: EventLog, position: Position) -> None:
             f"the snapshot is at {position} but the log's first record is {first}: "
             "the records in between were trimmed away; refusing to fold over the gap "
             "(trim with XTRIM MINID <snapshot position> to keep history contiguous)"
+        )
+    max_deleted = getattr(log, "max_deleted_position", None)
+    deleted = max_deleted() if callable(max_deleted) else None
+    if deleted is not None and deleted > position:
+        raise GapError(
+            f"the snapshot is at {position} but record {deleted}, after it, was deleted "
+            "from the log (XDEL/XTRIM): records in between were trimmed away; refusing to "
+            "fold over the gap (trim with XTRIM MINID <snapshot position> to keep history "
+            "contiguous)"
         )
 
 

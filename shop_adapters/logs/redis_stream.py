@@ -11,7 +11,8 @@ compared numerically (``5-9`` < ``5-10``). Commands used (Redis >= 6.2):
   with an ID greater than the one given). ``timeout_ms=0`` means do not block
   (unlike Redis ``BLOCK 0``, which waits forever).
 - last_position: ``XREVRANGE <stream> + - COUNT 1``; first_position:
-  ``XRANGE <stream> - + COUNT 1`` (a missing key reads as an empty stream).
+  ``XRANGE <stream> - + COUNT 1`` (a missing key reads as an empty stream);
+  max_deleted_position: ``XINFO STREAM`` (Redis >= 7.0), for gap detection.
 - dead_letter: ``XADD <dead_stream> <original id> position <id> reason <text>
   field:<name> <value> ...``. Reusing the original entry ID as the dead letter's
   explicit ID makes a second dead-lettering of that position (or of any lower
@@ -224,6 +225,26 @@ class RedisStreamLog:
         with _operational("XRANGE"):
             reply: Any = self.client.xrange(self.stream, "-", "+", count=1)
         return Position.parse(reply[0][0]) if reply else ORIGIN
+
+    def max_deleted_position(self) -> Position | None:
+        """The largest entry ID ever deleted from the stream (``XINFO STREAM``
+        ``max-deleted-entry-id``, Redis >= 7.0), or ``None`` if the server does not
+        report it (Redis 6.2) or the stream does not exist.
+
+        Lets :func:`shop_adapters.runner.check_continuity` see an ``XDEL`` of
+        records after a snapshot even when older records remain at the head.
+        Source: Redis XINFO STREAM docs. Raises ``OperationalError``.
+        """
+        with _operational("XINFO STREAM"):
+            try:
+                info: Any = self.client.xinfo_stream(self.stream)
+            except redis.exceptions.ResponseError:
+                return None  # no such key
+        raw = info.get("max-deleted-entry-id", info.get(b"max-deleted-entry-id"))
+        if raw is None:
+            return None
+        position = Position.parse(raw)
+        return None if position == ORIGIN else position
 
     # -- dead letters -------------------------------------------------------------------
 
