@@ -405,6 +405,7 @@ class FileLog:
         unpack = _HEADER.unpack_from
         crc = crc32c.crc32c
         unpackb = msgpack.unpackb
+        new_position = tuple.__new__  # Position(index, 0) without NamedTuple's __new__ overhead
         pos = 0
         for index in range(start + 1, stop + 1):
             length, expected = unpack(data, pos)
@@ -424,7 +425,7 @@ class FileLog:
                 raise IntegrityError(
                     f"{self.path}: record at byte offset {base + pos} is not a map"
                 )
-            out.append(Record(Position(index, 0), fields))
+            out.append(Record(new_position(Position, (index, 0)), fields))
             pos += _HEADER_SIZE + length
         return out
 

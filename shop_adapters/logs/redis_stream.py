@@ -72,11 +72,25 @@ def _fields(raw: Mapping[Any, Any]) -> dict[bytes, bytes]:
     return {_b(k): _b(v) for k, v in raw.items()}
 
 
+def _position(entry_id: bytes | str) -> Position:
+    """An entry ID ``ms-seq`` as a position (fast path of :meth:`Position.parse`)."""
+    ms, sep, seq = entry_id.partition(b"-" if isinstance(entry_id, bytes) else "-")  # type: ignore[arg-type]
+    if not sep:
+        return Position.parse(entry_id)  # raises ValueError naming the bad ID
+    return _new_position(Position, (int(ms), int(seq)))
+
+
+_new_position = tuple.__new__
+
+
 def _records(entries: Sequence[Any] | None) -> list[Record]:
-    """``[(id, {field: value}), ...]`` (bytes or str) as records."""
+    """``[(id, {field: value}), ...]`` as records (bytes or str replies)."""
     if not entries:
         return []
-    return [Record(Position.parse(entry_id), _fields(fields)) for entry_id, fields in entries]
+    if type(entries[0][0]) is bytes and all(type(k) is bytes for k in entries[0][1]):
+        # A bytes client (decode_responses=False): redis-py's dicts are used as they are.
+        return [Record(_position(i), f) for i, f in entries]
+    return [Record(_position(i), _fields(f)) for i, f in entries]
 
 
 def _xread_entries(reply: Any) -> Sequence[Any] | None:
