@@ -162,10 +162,11 @@ class RedisStreamLog:
         """A log on a new client for ``url`` (``redis://[:password@]host:port/db``).
 
         ``client_kwargs`` go to ``redis.Redis.from_url`` (``socket_timeout`` in
-        seconds; default here ``None``, i.e. no read timeout, and
+        seconds; default here ``max_block_ms / 1000 + 5``, so a blocking read
+        never times out first but a dead connection is still noticed;
         ``socket_connect_timeout`` 5 s). :meth:`close` closes that client.
         """
-        client_kwargs.setdefault("socket_timeout", None)
+        client_kwargs.setdefault("socket_timeout", max_block_ms / 1000 + 5.0)
         client_kwargs.setdefault("socket_connect_timeout", 5.0)
         client = redis.Redis.from_url(url, **client_kwargs)
         return cls(client, stream, dead_stream, max_block_ms=max_block_ms, owns_client=True)
