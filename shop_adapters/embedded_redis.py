@@ -249,6 +249,14 @@ class RedisServer:
             cwd=self.data_dir,
             start_new_session=True,
         )
+        try:
+            self._await_ping()
+        except BaseException:
+            self.kill()  # never leave an orphaned server behind
+            raise
+
+    def _await_ping(self) -> None:
+        assert self._proc is not None
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -261,7 +269,6 @@ class RedisServer:
             if _ping(self.port, self.password, 0.2):
                 return
             time.sleep(0.02)
-        self.kill()
         raise RedisServerError(
             f"redis-server on port {self.port} did not answer PING within "
             f"{self.startup_timeout} s:\n{_log_tail(self.data_dir)}"
