@@ -210,7 +210,10 @@ def test_kill_9_during_catch_up_then_restart_equals_from_scratch(
     assert summary_of(scratch.stdout)["events_applied"] == n
 
 
-def test_redis_restart_mid_run_loses_and_repeats_nothing(tmp_path: Path) -> None:
+def test_redis_restart_mid_run_loses_and_repeats_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="shop.runner")
     n = 120_000
     with RedisServer(data_dir=tmp_path / "redis") as server:
         produce(server.url, "orders", n)
@@ -231,6 +234,9 @@ def test_redis_restart_mid_run_loses_and_repeats_nothing(tmp_path: Path) -> None
         summary = out[0]
         assert summary.events_applied == n
         assert summary.digest == state_digest(fold(synthetic_events(n, 500, 50, seed=3)))
+        assert "log unreachable" in caplog.text and "reconnected" in caplog.text
+        # The outage hit during catch-up, not after it.
+        assert caplog.text.index("log unreachable") < caplog.text.index("caught up")
         snap = decode_snapshot(RedisSnapshotStore(client, "orders:snapshot").read() or b"")
         assert snap.unwrap().position == last
         client.close()
