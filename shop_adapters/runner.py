@@ -15,7 +15,8 @@
 3. **Catch up** with ``read_after`` batches (a tqdm bar on stderr when it is a
    TTY, or when ``progress=True``); each batch is decoded (``decode_records``),
    every failure is copied to the log's dead-letter sink (at most once per
-   position), and the events are folded with :func:`shop_core.fold_with_outcomes`.
+   position), and the events are folded into a :class:`shop_core.Transient`
+   (an immutable state is taken from it only for a snapshot or the summary).
    The position advances to the batch's last record only after the batch is
    fully handled, so an error mid-batch loses and repeats nothing.
 4. **Follow** with blocking ``wait_after`` from the last applied position
@@ -58,7 +59,7 @@ from typing import Any, Protocol
 from returns.result import Failure, Success
 from tqdm import tqdm
 
-from shop_core import EMPTY, Event, Outcomes, ShopState, fold_with_outcomes, state_digest
+from shop_core import EMPTY, Event, Outcomes, ShopState, Transient, fold_with_outcomes, state_digest
 
 from .codec import Snapshot, decode_snapshot, encode_snapshot
 from .errors import FencedError, GapError, IntegrityError, OperationalError
@@ -376,8 +377,10 @@ class Runner:
         self._stop = threading.Event()
         self._abandoned: str | None = None
         self._writer = _SnapshotWriter(store, self.abandon, self._logger)
-        # The fold's state: only the run() thread writes these.
-        self.state: ShopState = EMPTY
+        # The fold's state: only the run() thread writes these. A Transient
+        # folds batch after batch in place; an immutable ShopState is taken
+        # from it only when one is needed (a snapshot, the summary).
+        self._transient = Transient(EMPTY)
         self.position: Position = ORIGIN
         self._total_outcomes = Outcomes()
         self._total_dead = 0
@@ -430,8 +433,13 @@ class Runner:
         self._logger.info("run ended", extra={"fields": summary.to_dict()})
         return summary
 
+    @property
+    def state(self) -> ShopState:
+        """The immutable state after the last applied record (run() thread only)."""
+        return self._transient.persistent()
+
     def _restore(self) -> None:
-        self.state, self.position = EMPTY, ORIGIN
+        state, self.position = EMPTY, ORIGIN
         self._total_outcomes, self._total_dead = Outcomes(), 0
         self._restored_from = None
         blob = None if self.from_scratch else self.store.read()
@@ -442,7 +450,7 @@ class Runner:
         else:
             match decode_snapshot(blob):
                 case Success(snap):
-                    self.state, self.position = snap.state, snap.position
+                    state, self.position = snap.state, snap.position
                     self._total_outcomes = snap.outcomes
                     self._total_dead = snap.dead_letters
                     self._restored_from = snap.position
@@ -455,6 +463,7 @@ class Runner:
                     self._logger.warning(
                         "snapshot set aside (%s): rebuilding by replay from the origin", why
                     )
+        self._transient = Transient(state)
         check_continuity(self.log, self.position)
 
     def _with_retry(self, action: Callable[[], None]) -> bool:
@@ -540,9 +549,8 @@ class Runner:
             written = self.log.dead_letter(letter)
             if written:
                 self._logger.warning("dead letter at %s: %s", letter.position, letter.reason[:200])
-        state, outcomes = fold_with_outcomes((e for _, e in pairs), self.state)
-        # Commit: nothing below can fail.
-        self.state = state
+        # Decoded events are valid, so the fold cannot fail half-way.
+        outcomes = self._transient.fold([e for _, e in pairs])
         self.position = records[-1].position
         self._total_outcomes = self._total_outcomes + outcomes
         self._total_dead += len(letters)
