@@ -9,8 +9,10 @@ that the parent already loaded and prints one JSON line:
   parent can report the replay's peak RSS and its excess over an idle process;
 - ``BACKEND``/``LOCATION``: ``file PATH`` or ``redis URL#STREAM``.
 
-``maxrss_bytes`` is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (kilobytes on
-Linux) times 1024: the process's peak resident set size.
+``maxrss_bytes`` is the process's peak resident set size: ``VmHWM`` from
+``/proc/self/status`` where it exists (Linux), which starts afresh at
+``exec``; ``ru_maxrss`` is not used there because Linux carries the parent's
+high-water mark across fork + exec. Elsewhere ``resource.getrusage(RUSAGE_SELF).ru_maxrss``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,19 @@ def _open(backend: str, location: str) -> EventLog:
     raise SystemExit(f"backend must be file or redis, got {backend!r}")
 
 
+def _peak_rss() -> int:
+    """Peak RSS in bytes (``VmHWM`` on Linux, else ``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def main(argv: list[str]) -> int:
     mode, backend, location = argv[:3]
     batch = int(argv[3]) if len(argv) > 3 else 10_000
@@ -57,7 +72,7 @@ def main(argv: list[str]) -> int:
             n += len(records)
     seconds = time.perf_counter() - t0
     log.close()
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    maxrss = _peak_rss()
     print(
         json.dumps(
             {

@@ -290,8 +290,10 @@ def _markdown(results: Results, plot_name: str) -> str:
                 f"{rss['backend']} log in a child process: **{rep['maxrss_bytes'] / 2**20:,.0f} "
                 f"MiB** (an idle child that opened the same log: "
                 f"{base['maxrss_bytes'] / 2**20:,.0f} MiB; excess "
-                f"{(rep['maxrss_bytes'] - base['maxrss_bytes']) / 2**20:,.0f} MiB). Method: "
-                "`resource.getrusage(RUSAGE_SELF).ru_maxrss` in the child."
+                f"{(rep['maxrss_bytes'] - base['maxrss_bytes']) / 2**20:,.0f} MiB; that "
+                f"fresh process replayed at {_rate(rep['events'], rep['seconds'])} ev/s, "
+                "GC untouched, one run). Method: "
+                "`VmHWM` (peak RSS) from `/proc/self/status` in the child."
             )
         st = mem.get("state")
         if st:

@@ -43,7 +43,7 @@ Limits (ceilings), measured in the same run, each beside the figure it bounds:
 Peer: the ``eventsourcing`` library (see :mod:`benchmarks.peer_eventsourcing`),
 POPO and SQLite, at sizes up to ``--peer-max`` (it is about 20 times slower).
 
-Memory: peak RSS of a replay in a child process (:mod:`benchmarks._replay_child`)
+Memory: peak RSS (VmHWM) of a replay in a child process (:mod:`benchmarks._replay_child`)
 for the largest size up to 1M, file and Redis logs, against an idle child that
 opened the same log; and bytes per user of the folded state: ``tracemalloc``
 traced bytes still allocated after ``fold`` (so: the state's maps, records and
@@ -562,7 +562,11 @@ def _writer_run(
         progress_interval=None,
     )
     gc.collect()
-    summary = runner.run(exit_when_idle=True)
+    gc.freeze()  # as in _best: the harness's pre-built events are not the runner's
+    try:
+        summary = runner.run(exit_when_idle=True)
+    finally:
+        gc.unfreeze()
     calls = timed_log.calls
     fold_s = calls[-1][1] - calls[0][0]  # first read to the last (empty) read's return
     # One batch = from one read's start to the next read's start.
