@@ -14,6 +14,14 @@ MODULES = [
     "shop_core.rules",
     "shop_core.strategies",
     "shop_adapters.protocols",
+    "shop_adapters.logs.memory",
+    "shop_adapters.logs.file",
+    "shop_adapters.logs.redis_stream",
+    "shop_adapters.snapshots.memory",
+    "shop_adapters.snapshots.file",
+    "shop_adapters.snapshots.redis",
+    "shop_adapters.lease",
+    "shop_adapters.embedded_redis",
 ]
 
 
