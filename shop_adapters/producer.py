@@ -37,7 +37,7 @@ from .cli_common import connection_options, make_client, mask_url, resolve_url, 
 from .codec import encode_event
 from .errors import OperationalError
 from .logs.redis_stream import RedisStreamLog
-from .protocols import EventLog, Position
+from .protocols import ORIGIN, EventLog, Position
 from .retail_csv import map_rows, read_csv
 from .workload import synthetic_events
 
@@ -170,9 +170,26 @@ def synthetic(
 @cli.command("import-csv")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--chunk", type=click.IntRange(min=1), default=1_000, show_default=True)
+@click.option(
+    "--skip-if-not-empty",
+    is_flag=True,
+    help="Import nothing if the stream already holds entries (makes the command re-runnable).",
+)
 @click.pass_context
-def import_csv(ctx: click.Context, file: Path, chunk: int) -> None:
+def import_csv(ctx: click.Context, file: Path, chunk: int, skip_if_not_empty: bool) -> None:
     """Import an Online Retail CSV (mapping: shop_adapters.retail_csv)."""
+    if skip_if_not_empty:
+        log: RedisStreamLog = ctx.obj.log()
+        try:
+            last = log.last_position()
+        except OperationalError as e:
+            raise click.ClickException(f"Redis unreachable: {e}") from e
+        if last != ORIGIN:
+            click.echo(
+                f"stream {log.stream} already holds entries (last at {last}); "
+                "not importing again (--skip-if-not-empty)"
+            )
+            return
     try:
         result = map_rows(read_csv(file))
     except (OSError, ValueError) as e:
