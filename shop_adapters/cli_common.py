@@ -25,6 +25,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -114,20 +116,27 @@ def resolve_url(redis_url: str | None, data_dir: Path) -> str:
     return url
 
 
-def make_client(url: str, block_ms: int = 1_000) -> redis.Redis:
+def make_client(url: str, block_ms: int = 1_000, *, retry: bool = True) -> redis.Redis:
     """A ``redis.Redis`` from ``url`` whose ``socket_timeout`` (seconds) exceeds
     ``block_ms`` (the longest XREAD BLOCK, milliseconds) by 5 s, so a blocking
     read never times out on the socket first. Source: redis-py docs
     (``socket_timeout``) and Redis XREAD docs (``BLOCK`` in ms).
 
+    ``retry=False`` turns off redis-py's automatic retry of a command whose
+    connection failed: for writers (``XADD``), where a retried command whose
+    reply was lost would append the entries twice. The caller then sees the
+    error and decides.
+
     Raises ``click.BadParameter`` for a malformed URL (the message masks it).
     """
+    extra: dict[str, Any] = {} if retry else {"retry": Retry(NoBackoff(), 0)}
     try:
         return redis.Redis.from_url(
             url,
             socket_timeout=block_ms / 1000 + 5.0,
             socket_connect_timeout=5.0,
             health_check_interval=30,
+            **extra,
         )
     except ValueError as e:
         raise click.BadParameter(

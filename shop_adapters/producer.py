@@ -112,7 +112,8 @@ class _Ctx:
         if self._log is None:
             url = resolve_url(self.redis_url, self.data_dir)
             _log.info("stream %s at %s", self.stream, mask_url(url))
-            self._log = RedisStreamLog(make_client(url), self.stream)
+            # No automatic retry: a retried XADD whose reply was lost appends twice.
+            self._log = RedisStreamLog(make_client(url, retry=False), self.stream)
         return self._log
 
     def close(self) -> None:
@@ -142,7 +143,11 @@ def _append(ctx: click.Context, events: list[Event] | Iterable[Event], **kw: obj
     try:
         n, last = append_events(log, events, **kw)  # type: ignore[arg-type]
     except OperationalError as e:
-        raise click.ClickException(f"Redis unreachable: {e}") from e
+        raise click.ClickException(
+            f"Redis unreachable: {e}. The chunk being written when the connection "
+            "failed may or may not have been appended (nothing is retried, so nothing "
+            "is appended twice); check the stream's last entries before re-running"
+        ) from e
     click.echo(f"appended {n} events to {log.stream}" + (f", last at {last}" if last else ""))
     return n
 
