@@ -4,9 +4,10 @@
 that the parent already loaded and prints one JSON line:
 ``{"events": int, "digest": str, "seconds": float, "maxrss_bytes": int}``.
 
-- ``MODE``: ``replay`` (read everything with ``read_after``, decode, fold per
-  batch) or ``baseline`` (import and open the log, read nothing), so the
-  parent can report the replay's peak RSS and its excess over an idle process;
+- ``MODE``: ``replay`` (the runner's loop: read everything with ``read_after``,
+  decode, fold into a ``Transient`` under the runner's GC settings) or
+  ``baseline`` (import and open the log, read nothing), so the parent can
+  report the replay's peak RSS and its excess over an idle process;
 - ``BACKEND``/``LOCATION``: ``file PATH`` or ``redis URL#STREAM``.
 
 ``maxrss_bytes`` is the process's peak resident set size: ``VmHWM`` from
@@ -23,8 +24,8 @@ import sys
 import time
 
 from shop_adapters.codec import Decoder
-from shop_adapters.protocols import ORIGIN, EventLog
-from shop_core import EMPTY, fold, state_digest
+from shop_adapters.protocols import EventLog
+from shop_core import EMPTY, state_digest
 
 
 def _open(backend: str, location: str) -> EventLog:
@@ -64,12 +65,9 @@ def main(argv: list[str]) -> int:
     n = 0
     t0 = time.perf_counter()
     if mode == "replay":
-        position = ORIGIN
-        while records := log.read_after(position, batch):
-            pairs, _dead = decoder.decode_records(records)
-            state = fold((e for _, e in pairs), state)
-            position = records[-1].position
-            n += len(records)
+        from .replay_vs_snapshot import replay  # the runner's loop
+
+        state, _position, n = replay(log, decoder, batch=batch)
     seconds = time.perf_counter() - t0
     log.close()
     maxrss = _peak_rss()

@@ -189,13 +189,14 @@ def _markdown(results: Results, plot_name: str) -> str:
         "XRANGE; *adapter read* is `read_after`, which also builds records). *decode only*: "
         "`decode_records` on records already read. *dict fold*: `fold_dicts` on pre-decoded "
         "events. *serial limit*: n / (raw read + decode only + dict fold seconds), the replay "
-        "if every stage ran at its ceiling, one after the other. *with Transient*: the same "
-        "loop folding into one `shop_core.Transient` (immutable state taken once at the end) "
-        "instead of `fold` per batch."
+        "if every stage ran at its ceiling, one after the other. *fold per batch*: the naive "
+        "loop, `shop_core.fold` per batch (an immutable state committed every batch) with the "
+        "default GC settings, where *replay* folds into one `shop_core.Transient` under the "
+        "runner's GC settings (what the runner does)."
     )
     add("")
     add(
-        "| n | backend | replay s | replay ev/s | with Transient ev/s | raw read ev/s "
+        "| n | backend | replay s | replay ev/s | fold per batch ev/s | raw read ev/s "
         "| replay / raw read "
         "| adapter read ev/s | decode only ev/s | dict fold ev/s | serial limit ev/s "
         "| replay / serial limit | append s |"
@@ -292,7 +293,7 @@ def _markdown(results: Results, plot_name: str) -> str:
                 f"{base['maxrss_bytes'] / 2**20:,.0f} MiB; excess "
                 f"{(rep['maxrss_bytes'] - base['maxrss_bytes']) / 2**20:,.0f} MiB; that "
                 f"fresh process replayed at {_rate(rep['events'], rep['seconds'])} ev/s, "
-                "GC untouched, one run). Method: "
+                "runner's loop, one run). Method: "
                 "`VmHWM` (peak RSS) from `/proc/self/status` in the child."
             )
         st = mem.get("state")

@@ -17,10 +17,11 @@ For each size ``n`` and backend (memory, file, Redis):
 
 - **append**: encode (``codec.encode_event``) and append the events in
   batches of 10,000 (timed once, separately; not part of replay);
-- **replay**: from EMPTY, ``read_after`` in batches of ``--batch`` records,
-  ``Decoder.decode_records``, ``shop_core.fold`` per batch carrying the state;
-  also reported: the same loop folding into one ``shop_core.Transient``
-  (state made immutable once, at the end);
+- **replay**: from EMPTY, what the runner does: ``read_after`` in batches of
+  ``--batch`` records, ``Decoder.decode_records``, each batch folded into one
+  ``shop_core.Transient`` (state made immutable once, at the end), under the
+  runner's GC settings (``runner.gc_tuned_for_folding``); also reported: the
+  naive loop, ``shop_core.fold`` per batch with the default GC;
 - **snapshot write**: ``encode_snapshot`` + ``store.write`` of the state after
   ``n - tail`` events (``tail`` = 1,000, or ``n // 2`` below 2,000 events);
   seconds and bytes;
@@ -83,8 +84,17 @@ from tqdm import tqdm
 
 from shop_adapters.codec import Decoder, Snapshot, decode_snapshot, encode_event, encode_snapshot
 from shop_adapters.protocols import ORIGIN, EventLog, Position, Record, SnapshotStore
+from shop_adapters.runner import gc_tuned_for_folding
 from shop_adapters.workload import synthetic_events
-from shop_core import EMPTY, Event, ShopState, fold, fold_with_outcomes, state_digest
+from shop_core import (
+    EMPTY,
+    Event,
+    ShopState,
+    Transient,
+    fold,
+    fold_with_outcomes,
+    state_digest,
+)
 
 from .baseline import as_dicts, fold_dicts
 
@@ -106,11 +116,36 @@ def replay(
     after: Position = ORIGIN,
     batch: int = 10_000,
 ) -> tuple[ShopState, Position, int]:
-    """Fold every record after ``after`` into ``state``: ``read_after`` batches of
-    ``batch`` records, ``decode_records``, ``fold`` per batch (as the runner does).
+    """Fold every record after ``after`` into ``state`` as the runner does:
+    ``read_after`` batches of ``batch`` records, ``decode_records``, each batch
+    folded into one ``shop_core.Transient`` (the immutable state is taken once,
+    at the end), inside the runner's :func:`gc_tuned_for_folding`.
 
     Returns ``(state, last position, records read)``.
     """
+    position = after
+    n = 0
+    read_after = log.read_after
+    decode = decoder.decode_records
+    working = Transient(state)
+    with gc_tuned_for_folding(True):
+        while records := read_after(position, batch):
+            pairs, _dead = decode(records)
+            working.fold([e for _, e in pairs])
+            position = records[-1].position
+            n += len(records)
+    return working.persistent(), position, n
+
+
+def replay_fold_per_batch(
+    log: EventLog,
+    decoder: Decoder,
+    state: ShopState = EMPTY,
+    after: Position = ORIGIN,
+    batch: int = 10_000,
+) -> tuple[ShopState, Position, int]:
+    """The naive loop, for comparison: ``fold`` per batch (an immutable state
+    committed after every batch) and the interpreter's default GC settings."""
     position = after
     n = 0
     read_after = log.read_after
@@ -121,30 +156,6 @@ def replay(
         position = records[-1].position
         n += len(records)
     return state, position, n
-
-
-def replay_transient(
-    log: EventLog,
-    decoder: Decoder,
-    state: ShopState = EMPTY,
-    after: Position = ORIGIN,
-    batch: int = 10_000,
-) -> tuple[ShopState, Position, int]:
-    """Like :func:`replay`, but folding every batch into one ``shop_core.Transient``
-    and taking the immutable state once, at the end (no per-batch commit)."""
-    from shop_core import Transient
-
-    position = after
-    n = 0
-    read_after = log.read_after
-    decode = decoder.decode_records
-    working = Transient(state)
-    while records := read_after(position, batch):
-        pairs, _dead = decode(records)
-        working.fold(e for _, e in pairs)
-        position = records[-1].position
-        n += len(records)
-    return working.persistent(), position, n
 
 
 def _raw_read(log: EventLog, after: Position = ORIGIN, batch: int = 10_000) -> int:
@@ -409,10 +420,10 @@ def _measure_backend(
     replay_digest = state_digest(state)
     del state
     transient_s, (tstate, _pos, _count) = _best(
-        lambda: replay_transient(log, decoder, batch=a.batch), a.repeat
+        lambda: replay_fold_per_batch(log, decoder, batch=a.batch), a.repeat
     )
     if state_digest(tstate) != replay_digest:
-        raise RuntimeError(f"{backend}: replay with a Transient gives another state")
+        raise RuntimeError(f"{backend}: replay with fold per batch gives another state")
     del tstate
     raw_read_s, raw_n = _best(lambda: opened.raw_read(ORIGIN, a.batch), a.repeat)
     if raw_n != n:

@@ -73,6 +73,7 @@ __all__ = [
     "Summary",
     "backoff_delay",
     "check_continuity",
+    "gc_tuned_for_folding",
     "index_records_total",
     "replay",
 ]
@@ -81,7 +82,7 @@ _log = logging.getLogger("shop.runner")
 
 
 @contextlib.contextmanager
-def _gc_tuned_for_folding(enabled: bool) -> Iterator[None]:
+def gc_tuned_for_folding(enabled: bool) -> Iterator[None]:
     """While folding, keep the cyclic GC from re-walking what cannot be garbage.
 
     The fold allocates many short-lived containers (decoded events, tuples) and
@@ -361,7 +362,7 @@ class Runner:
       is raised (``None``: retry until stopped);
     - ``logger``: where progress and warnings go (default ``shop.runner``);
     - ``tune_gc``: while the loop runs, freeze what is alive and raise the
-      cyclic GC's generation-0 threshold (see :func:`_gc_tuned_for_folding`);
+      cyclic GC's generation-0 threshold (see :func:`gc_tuned_for_folding`);
       process-wide, so pass ``False`` when the runner shares a process whose
       GC settings matter.
 
@@ -459,7 +460,7 @@ class Runner:
             return self._summary("abandoned: " + self._abandoned, started, lag=None)
         self._writer.start()
         try:
-            with _gc_tuned_for_folding(self.tune_gc):
+            with gc_tuned_for_folding(self.tune_gc):
                 reason = self._loop(exit_when_idle)
         finally:
             self._writer.close()
