@@ -45,9 +45,16 @@ Snapshots
 
     SHOPSNAP\\n
     {"format_version":1,"semantics_version":1,"position":"5-9","events_folded":..,
-     "dead_letters":..,"outcomes":{..},"body_length":N}\\n
+     "dead_letters":..,"outcomes":{..},"body_length":N[,"decoder_digest":"<hex>"]}\\n
     <body: N bytes of JSON, ShopState.canonical()>
     \\nsha256:<64 hex digits: SHA-256 of every byte before this line>\\n
+
+``decoder_digest`` (SHA-256 hex of the folding decoder's price list, see
+:func:`price_list_digest`) is present only when that decoder had a price list;
+its absence reads as ``None`` ("no price list"), so snapshots written before
+the field existed still decode, with the same format version 1. A reader must
+not reuse a snapshot whose digest differs from its own decoder's (the runner
+and ``inspect`` rebuild by replay instead).
 
 The checksum covers the magic, the header and the body, so any corrupted byte
 is detected. The body is written and read with the standard ``json`` module,
@@ -95,10 +102,12 @@ __all__ = [
     "Snapshot",
     "decode_entry",
     "decode_snapshot",
+    "describe_decoder_digest",
     "encode_event",
     "encode_event_v0",
     "encode_snapshot",
     "load_price_list",
+    "price_list_digest",
     "upcast_v0_v1",
 ]
 
@@ -377,6 +386,28 @@ def _as_bytes(value: object, what: str) -> bytes:
     raise _Invalid(f"{what} must be bytes or str, got {type(value).__name__}")
 
 
+def price_list_digest(prices: Mapping[str, int] | None) -> str | None:
+    """SHA-256 (64 lowercase hex digits) of the canonical JSON of a price list
+    (keys sorted, no spaces, ASCII), or ``None`` for no price list. Two price
+    lists with the same items and prices have the same digest whatever their
+    order or file formatting; an empty price list is not ``None``.
+
+    >>> price_list_digest(None) is None
+    True
+    >>> price_list_digest({"b": 1, "a": 2}) == price_list_digest({"a": 2, "b": 1})
+    True
+    """
+    if prices is None:
+        return None
+    canonical = json.dumps(dict(prices), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def describe_decoder_digest(digest: str | None) -> str:
+    """``"no price list"`` or ``"price list sha256:<first 12 hex digits>"``, for messages."""
+    return "no price list" if digest is None else f"price list sha256:{digest[:12]}"
+
+
 class Decoder:
     """Turns raw entries into events, or into a dead-letter reason.
 
@@ -391,7 +422,7 @@ class Decoder:
     <Failure: unknown schema version '2' (this build reads v=1, or no v for the seed's v0)>
     """
 
-    __slots__ = ("_limits", "_price_list", "_unpack_options")
+    __slots__ = ("_config_digest", "_limits", "_price_list", "_unpack_options")
 
     def __init__(
         self, price_list: Mapping[str, int] | None = None, limits: Limits = DEFAULT_LIMITS
@@ -401,6 +432,7 @@ class Decoder:
                 raise ValueError(f"Limits.{name} must be a positive int, got {value!r:.80}")
         self._limits = limits
         self._price_list = _check_price_list(price_list) if price_list is not None else None
+        self._config_digest = price_list_digest(self._price_list)
         str_len = max(4 * limits.max_id_length, 64)  # UTF-8: up to 4 bytes a character
         self._unpack_options: dict[str, Any] = {
             "raw": False,
@@ -417,6 +449,18 @@ class Decoder:
     def limits(self) -> Limits:
         """The limits this decoder enforces."""
         return self._limits
+
+    @property
+    def config_digest(self) -> str | None:
+        """Identity of the configuration that changes what this decoder produces:
+        :func:`price_list_digest` of its price list (64 hex digits), ``None``
+        without one. Recorded in every snapshot (:attr:`Snapshot.decoder_digest`)
+        so that a restart with another price list rebuilds by replay instead of
+        continuing a state folded with other prices. (The limits are not part
+        of it: a different limit changes which entries are dead letters, which
+        the operator chooses knowingly, not the prices of what is folded.)
+        """
+        return self._config_digest
 
     def decode(self, fields: Fields) -> Result[Event, str]:
         """Decode one entry: ``Success(event)`` or ``Failure(reason)``; never raises for bad input.
@@ -678,7 +722,10 @@ class Snapshot:
     - ``events_folded``: log records consumed up to ``position`` (events + dead letters);
     - ``outcomes``: cumulative :class:`shop_core.Outcomes`;
     - ``dead_letters``: cumulative count of dead letters;
-    - ``semantics_version``: the :data:`shop_core.SEMANTICS_VERSION` that folded it.
+    - ``semantics_version``: the :data:`shop_core.SEMANTICS_VERSION` that folded it;
+    - ``decoder_digest``: the folding decoder's :attr:`Decoder.config_digest`
+      (SHA-256 hex of its price list), ``None`` when it had no price list. A
+      snapshot is only reused by a decoder with the same digest.
     """
 
     state: ShopState
@@ -687,6 +734,7 @@ class Snapshot:
     outcomes: Outcomes = field(default_factory=Outcomes)
     dead_letters: int = 0
     semantics_version: int = SEMANTICS_VERSION
+    decoder_digest: str | None = None
 
 
 SNAPSHOT_FORMAT_VERSION = 1
@@ -707,6 +755,7 @@ _HEADER_KEYS = frozenset(
         "body_length",
     }
 )
+_OPTIONAL_HEADER_KEYS = frozenset({"decoder_digest"})
 _OUTCOME_KEYS = frozenset({"events", "orders_accepted", "rejections"})
 _CODES = frozenset(code.value for code in RejectionCode)
 
@@ -736,6 +785,8 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
         },
         "body_length": len(body),
     }
+    if snapshot.decoder_digest is not None:
+        header["decoder_digest"] = snapshot.decoder_digest
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     payload = b"".join((_MAGIC, head, b"\n", body))
     digest = hashlib.sha256(payload).hexdigest().encode("ascii")
@@ -789,7 +840,9 @@ def _decode_snapshot(blob: bytes) -> Snapshot:
             f"unknown snapshot format version {fmt!r:.40} "
             f"(this build reads {SNAPSHOT_FORMAT_VERSION})"
         )
-    _check_keys("corrupt snapshot header", header, _HEADER_KEYS, _HEADER_KEYS)
+    _check_keys(
+        "corrupt snapshot header", header, _HEADER_KEYS, _HEADER_KEYS | _OPTIONAL_HEADER_KEYS
+    )
     body_length = _count(header, "body_length")
     expected = end + 1 + body_length + _TRAILER_LEN
     if len(blob) != expected:
@@ -814,6 +867,16 @@ def _decode_snapshot(blob: bytes) -> Snapshot:
     except ValueError as exc:
         raise _Invalid(f"corrupt snapshot header: {exc}") from None
     outcomes = _outcomes(header["outcomes"])
+    decoder_digest = header.get("decoder_digest")
+    if decoder_digest is not None and (
+        type(decoder_digest) is not str
+        or len(decoder_digest) != 64
+        or decoder_digest.strip("0123456789abcdef")
+    ):
+        raise _Invalid(
+            "corrupt snapshot header: decoder_digest must be 64 lowercase hex digits, "
+            f"got {decoder_digest!r:.80}"
+        )
     body_bytes = blob[end + 1 : end + 1 + body_length]
     try:
         body = _strict_json(body_bytes)
@@ -826,6 +889,7 @@ def _decode_snapshot(blob: bytes) -> Snapshot:
         outcomes=outcomes,
         dead_letters=_count(header, "dead_letters"),
         semantics_version=semantics,
+        decoder_digest=decoder_digest,
     )
 
 

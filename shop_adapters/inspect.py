@@ -31,14 +31,20 @@ from returns.result import Failure, Success
 from shop_core import EMPTY, ShopState, state_digest
 
 from .cli_common import connection_options, make_client, mask_url, resolve_url, setup_logging
-from .codec import Decoder, Snapshot, decode_snapshot, load_price_list
+from .codec import (
+    Decoder,
+    Snapshot,
+    decode_snapshot,
+    describe_decoder_digest,
+    load_price_list,
+)
 from .errors import IntegrityError, OperationalError
 from .logs.redis_stream import RedisStreamLog
 from .protocols import ORIGIN, EventLog, Position, SnapshotStore
 from .runner import replay
 from .snapshots.redis import RedisSnapshotStore
 
-__all__ = ["cli", "first_difference", "latest_snapshot", "state_json"]
+__all__ = ["cli", "first_difference", "latest_snapshot", "price_list_mismatch", "state_json"]
 
 _log = logging.getLogger("shop.inspect")
 
@@ -54,6 +60,18 @@ def latest_snapshot(store: SnapshotStore) -> tuple[Snapshot | None, str | None]:
         case Failure(why):
             return None, str(why)
     return None, "unreachable"  # pragma: no cover
+
+
+def price_list_mismatch(snap: Snapshot, decoder: Decoder) -> str | None:
+    """Why ``snap`` cannot be used with ``decoder`` (folded with another price
+    list: their digests differ), or ``None`` if it can."""
+    if snap.decoder_digest == decoder.config_digest:
+        return None
+    return (
+        f"snapshot was folded with another price list "
+        f"(snapshot: {describe_decoder_digest(snap.decoder_digest)}, "
+        f"this --price-list: {describe_decoder_digest(decoder.config_digest)})"
+    )
 
 
 def state_json(state: ShopState, position: Position) -> dict[str, Any]:
@@ -142,6 +160,10 @@ def state(obj: _Ctx, as_json: bool, at: str | None) -> None:
         snap, why = latest_snapshot(obj.store)
         if why is not None:
             click.echo(f"snapshot set aside ({why}); folding from scratch", err=True)
+        mismatch = None if snap is None else price_list_mismatch(snap, obj.decoder)
+        if mismatch is not None:
+            click.echo(f"{mismatch}; rebuilding by replay from scratch", err=True)
+            snap = None
         start, after = EMPTY, ORIGIN
         if snap is not None and (until is None or snap.position <= until):
             start, after = snap.state, snap.position
@@ -173,6 +195,13 @@ def verify(obj: _Ctx) -> None:
         snap, why = latest_snapshot(obj.store)
         if snap is None:
             _fail(f"no usable snapshot: {why}" if why else "no snapshot to verify")
+            return
+        mismatch = price_list_mismatch(snap, obj.decoder)
+        if mismatch is not None:
+            _fail(
+                f"{mismatch}; the runner rebuilds it by replay on its next start. "
+                "Pass the runner's --price-list to verify this snapshot"
+            )
             return
         rebuilt, position, outcomes, dead = replay(obj.log, obj.decoder, until=snap.position)
     except (OperationalError, IntegrityError) as e:

@@ -6,6 +6,9 @@
    (``decode_snapshot``). An absent snapshot means "start at ORIGIN"; one that
    fails to decode (corrupt, stale semantics version, ...) is set aside with a
    WARNING naming the reason, and the state is rebuilt by replay from ORIGIN.
+   So is a snapshot folded by a decoder of another configuration (its
+   ``decoder_digest``, the price list's SHA-256, differs from the running
+   decoder's ``config_digest``): "snapshot was folded with another price list".
 2. **Gap check**: if the snapshot is at ``p > ORIGIN`` and the log's first
    record is after ``p``, records the snapshot never saw were trimmed away:
    :class:`~shop_adapters.errors.GapError`, nothing is folded. If the log's
@@ -63,7 +66,7 @@ from tqdm import tqdm
 
 from shop_core import EMPTY, Event, Outcomes, ShopState, Transient, fold_with_outcomes, state_digest
 
-from .codec import Snapshot, decode_snapshot, encode_snapshot
+from .codec import Snapshot, decode_snapshot, describe_decoder_digest, encode_snapshot
 from .errors import FencedError, GapError, IntegrityError, OperationalError
 from .protocols import ORIGIN, DeadLetter, EventLog, Position, Record, SnapshotStore
 
@@ -73,6 +76,7 @@ __all__ = [
     "Summary",
     "backoff_delay",
     "check_continuity",
+    "decoder_digest",
     "gc_tuned_for_folding",
     "index_records_total",
     "replay",
@@ -111,7 +115,12 @@ def gc_tuned_for_folding(enabled: bool) -> Iterator[None]:
 
 
 class RecordDecoder(Protocol):
-    """What the runner needs of :class:`shop_adapters.codec.Decoder`."""
+    """What the runner needs of :class:`shop_adapters.codec.Decoder`.
+
+    A decoder may also have a ``config_digest`` attribute (``str | None``,
+    :attr:`shop_adapters.codec.Decoder.config_digest`); one without it counts
+    as ``None`` (no price list).
+    """
 
     def decode_records(
         self, records: Sequence[Record]
@@ -175,6 +184,12 @@ def backoff_delay(
     """
     d = min(cap, base * float(1 << min(attempt - 1, 30)))
     return d / 2 + rng() * d / 2
+
+
+def decoder_digest(decoder: object) -> str | None:
+    """``decoder.config_digest`` (a price list's SHA-256 hex), or ``None`` if it has none."""
+    digest = getattr(decoder, "config_digest", None)
+    return digest if isinstance(digest, str) else None
 
 
 def index_records_total(log: EventLog) -> Callable[[], int]:
@@ -488,7 +503,15 @@ class Runner:
         elif blob is None:
             self._logger.info("no snapshot: replaying the log from the origin")
         else:
+            running = decoder_digest(self.decoder)
             match decode_snapshot(blob):
+                case Success(snap) if snap.decoder_digest != running:
+                    self._logger.warning(
+                        "snapshot was folded with another price list (snapshot: %s, "
+                        "running: %s); rebuilding by replay from the origin",
+                        describe_decoder_digest(snap.decoder_digest),
+                        describe_decoder_digest(running),
+                    )
                 case Success(snap):
                     state, self.position = snap.state, snap.position
                     self._total_outcomes = snap.outcomes
@@ -606,6 +629,7 @@ class Runner:
             events_folded=self._total_outcomes.events + self._total_dead,
             outcomes=self._total_outcomes,
             dead_letters=self._total_dead,
+            decoder_digest=decoder_digest(self.decoder),
         )
 
     def _maybe_snapshot(self) -> None:
