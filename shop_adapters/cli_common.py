@@ -9,13 +9,19 @@
 - :func:`mask_url`: a URL with its password replaced by ``***``, the only form
   in which a URL is ever logged or printed;
 - :func:`setup_logging`: ``text`` or ``json`` lines on stderr; a record's
-  ``extra={"fields": {...}}`` becomes key=value pairs or JSON members.
+  ``extra={"fields": {...}}`` becomes key=value pairs or JSON members;
+- :class:`FiniteFloat`: a float option refusing ``nan``/``inf`` (exit 2);
+- :class:`CleanErrorsCommand`, :class:`CleanErrorsGroup`: a
+  :class:`~shop_adapters.errors.ShopError` or ``redis.exceptions.RedisError``
+  escaping a command is printed as one line, ``Error: ...``, exit status 1,
+  never a traceback.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -28,10 +34,17 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .errors import ShopError
+from .redis_errors import classify
+
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "CleanErrorsCommand",
+    "CleanErrorsGroup",
+    "FiniteFloat",
     "JsonFormatter",
     "TextFormatter",
+    "clean_error_message",
     "connection_options",
     "make_client",
     "mask_url",
@@ -43,6 +56,60 @@ DEFAULT_DATA_DIR = "./.shop-data"
 """Where the embedded Redis keeps its files when no ``--redis-url`` is given."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and ``±inf`` (a usage
+    error, exit 2): ``nan`` passes every range comparison, ``inf`` means nothing
+    as a duration or a rate.
+
+    >>> FiniteFloat(min=0).convert("1.5", None, None)
+    1.5
+    """
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds or units", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+def clean_error_message(error: BaseException) -> str:
+    """One line for an error escaping a command: ``<Type>: <message>``, a Redis
+    error first classified by :func:`shop_adapters.redis_errors.classify`."""
+    if isinstance(error, redis.exceptions.RedisError):
+        error = classify(error, "a command")
+    text = " ".join(str(error).split()) or "(no message)"
+    return f"{type(error).__name__}: {text}"
+
+
+def _invoke_cleanly(invoke: Callable[[click.Context], Any], ctx: click.Context) -> Any:
+    try:
+        return invoke(ctx)
+    except (ShopError, redis.exceptions.RedisError) as e:
+        raise click.ClickException(clean_error_message(e)) from e
+
+
+class CleanErrorsCommand(click.Command):
+    """A command whose shop and Redis errors end it with one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return _invoke_cleanly(super().invoke, ctx)
+
+
+class CleanErrorsGroup(click.Group):
+    """A group whose subcommands' shop and Redis errors end them with one line, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return _invoke_cleanly(super().invoke, ctx)
+
+
+def _nonempty_stream(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value:
+        raise click.BadParameter("the stream name must not be empty", ctx, param)
+    return value
 
 
 def mask_url(url: str) -> str:
@@ -87,7 +154,12 @@ def connection_options(f: F) -> F:
         help="Data directory of the embedded redis-server started when no URL is given.",
     )(f)
     f = click.option(
-        "--stream", default="orders", show_default=True, help="Redis stream of the log."
+        "--stream",
+        default="orders",
+        show_default=True,
+        callback=_nonempty_stream,
+        help="Redis stream of the log (a non-empty key name; its snapshot, lease and "
+        "dead letters live at <stream>:snapshot, <stream>:lease, <stream>:dead).",
     )(f)
     f = click.option(
         "--redis-url",

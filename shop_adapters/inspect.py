@@ -30,7 +30,14 @@ from returns.result import Failure, Success
 
 from shop_core import EMPTY, ShopState, state_digest
 
-from .cli_common import connection_options, make_client, mask_url, resolve_url, setup_logging
+from .cli_common import (
+    CleanErrorsGroup,
+    connection_options,
+    make_client,
+    mask_url,
+    resolve_url,
+    setup_logging,
+)
 from .codec import (
     Decoder,
     Snapshot,
@@ -110,7 +117,7 @@ class _Ctx:
         self.decoder = decoder
 
 
-@click.group()
+@click.group(cls=CleanErrorsGroup)
 @connection_options
 @click.option(
     "--price-list",

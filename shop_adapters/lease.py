@@ -36,7 +36,8 @@ from typing import Any
 
 import redis
 
-from .errors import OperationalError
+from .errors import OperationalError, PermanentError
+from .redis_errors import classify
 
 __all__ = ["Lease", "default_owner"]
 
@@ -64,8 +65,6 @@ end
 return 0
 """
 
-_REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-
 
 def default_owner() -> str:
     """A unique owner id: ``<hostname>:<pid>:<8 hex digits>``."""
@@ -82,8 +81,10 @@ class Lease:
     - ``owner``: this holder's id (default :func:`default_owner`).
 
     Not reentrant. Redis connection errors while acquiring surface as
-    :class:`OperationalError`; during renewal they are retried until the TTL
-    runs out, then the lease counts as lost.
+    :class:`OperationalError`, permanent refusals (wrong password, DB index out
+    of range, a lease key of another type) as :class:`PermanentError`; during
+    renewal connection errors are retried until the TTL runs out, then the
+    lease counts as lost (at once for a permanent refusal).
     """
 
     def __init__(
@@ -127,14 +128,16 @@ class Lease:
     def try_acquire(self) -> int | None:
         """One attempt: the new fencing token, or ``None`` if someone else holds it.
 
-        Raises :class:`OperationalError` if Redis is unreachable.
+        Raises :class:`OperationalError` if Redis is unreachable, and
+        :class:`PermanentError` if it refuses for good (wrong password, DB index
+        out of range, the lease or token key holding another type).
         """
         try:
             raw: Any = self._acquire(
                 keys=[self.key, self.token_key], args=[self.owner, self.ttl_ms]
             )
-        except _REDIS_ERRORS as e:
-            raise OperationalError(f"lease {self.key}: {e}") from e
+        except redis.exceptions.RedisError as e:
+            raise classify(e, f"lease {self.key}", self._wrong_key(e)) from e
         token = int(raw)
         if token == 0:
             return None
@@ -143,37 +146,71 @@ class Lease:
         return token
 
     def holder(self) -> str | None:
-        """Who holds the lease now (owner id), or ``None``. Raises OperationalError."""
+        """Who holds the lease now (owner id), or ``None``. Raises OperationalError
+        or PermanentError as :meth:`try_acquire`."""
         try:
             raw: Any = self.client.get(self.key)
-        except _REDIS_ERRORS as e:
-            raise OperationalError(f"lease {self.key}: {e}") from e
+        except redis.exceptions.RedisError as e:
+            raise classify(e, f"GET {self.key}", self.key) from e
         return None if raw is None else bytes(raw).decode("utf-8", "replace")
+
+    def _wrong_key(self, error: redis.exceptions.RedisError) -> str | None:
+        """Which of our keys a WRONGTYPE reply is about (the script touches two)."""
+        if "WRONGTYPE" not in str(error):
+            return None
+        try:
+            for key in (self.key, self.token_key):
+                kind: Any = self.client.type(key)
+                kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+                if kind not in ("none", "string"):
+                    return key
+        except redis.exceptions.RedisError:
+            pass
+        return self.key
 
     def acquire(
         self,
         stop: threading.Event | None = None,
         on_lost: Callable[[str], None] | None = None,
         on_wait: Callable[[str | None], None] | None = None,
+        give_up_after: float | None = None,
     ) -> int | None:
         """Wait (polling every ``poll_s``) until the lease is ours; start renewing.
 
         ``stop``: give up when set (returns ``None``); ``on_lost(reason)``:
         called once, from the renewal thread, if the lease is lost later;
         ``on_wait(holder)``: called once when we first find it held by someone
-        else. Connection errors are retried while waiting. Returns the token.
+        else. Connection errors (:class:`OperationalError`) are retried while
+        waiting, for at most ``give_up_after`` seconds of consecutive failures
+        (``None``: for ever), after which the last one is raised as an
+        ``OperationalError`` saying how long it tried. A
+        :class:`PermanentError` (wrong password, DB index out of range, ...)
+        is raised at once. Returns the token.
         """
         waited = False
+        failing_since: float | None = None
+        attempts = 0
         while stop is None or not stop.is_set():
             try:
                 token = self.try_acquire()
                 if token is not None:
                     self._start_renewing(on_lost)
                     return token
+                failing_since, attempts = None, 0
                 if not waited and on_wait is not None:
                     on_wait(self.holder())
                 waited = True
             except OperationalError as e:
+                now = time.monotonic()
+                attempts += 1
+                if failing_since is None:
+                    failing_since = now
+                if give_up_after is not None and now - failing_since >= give_up_after:
+                    raise OperationalError(
+                        f"cannot reach Redis for the lease {self.key}: gave up after "
+                        f"{attempts} attempt(s) over {now - failing_since:.1f} s "
+                        f"(limit {give_up_after:g} s): {e}"
+                    ) from e
                 _log.warning("cannot reach Redis for the lease (%s); retrying", e)
             if stop is not None:
                 if stop.wait(self.poll_s):
@@ -196,7 +233,11 @@ class Lease:
         while not stop.wait(interval):
             try:
                 ours = int(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
-            except _REDIS_ERRORS as e:
+            except redis.exceptions.RedisError as e:
+                error = classify(e, f"lease renewal {self.key}", self.key)
+                if isinstance(error, PermanentError):
+                    self._lost(f"Redis refuses the renewal: {error}")
+                    return
                 if time.monotonic() - last_ok < self.ttl_ms / 1000:
                     _log.warning("lease renewal failed (%s); retrying", e)
                     continue
@@ -227,5 +268,5 @@ class Lease:
         if held:
             try:
                 self._release(keys=[self.key], args=[self.owner])
-            except _REDIS_ERRORS as e:
+            except redis.exceptions.RedisError as e:
                 _log.warning("lease %s not released (%s); it expires by itself", self.key, e)

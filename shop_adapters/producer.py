@@ -33,11 +33,20 @@ from tqdm import tqdm
 
 from shop_core import AddItem, Event, Order, TopUp
 
-from .cli_common import connection_options, make_client, mask_url, resolve_url, setup_logging
+from .cli_common import (
+    CleanErrorsGroup,
+    FiniteFloat,
+    connection_options,
+    make_client,
+    mask_url,
+    resolve_url,
+    setup_logging,
+)
 from .codec import encode_event
 from .errors import OperationalError
 from .logs.redis_stream import RedisStreamLog
 from .protocols import ORIGIN, EventLog, Position
+from .redis_errors import refuse_own_stream
 from .retail_csv import map_rows, read_csv
 from .workload import synthetic_events
 
@@ -113,7 +122,9 @@ class _Ctx:
             url = resolve_url(self.redis_url, self.data_dir)
             _log.info("stream %s at %s", self.stream, mask_url(url))
             # No automatic retry: a retried XADD whose reply was lost appends twice.
-            self._log = RedisStreamLog(make_client(url, retry=False), self.stream)
+            client = make_client(url, retry=False)
+            refuse_own_stream(client, self.stream)
+            self._log = RedisStreamLog(client, self.stream)
         return self._log
 
     def close(self) -> None:
@@ -122,7 +133,7 @@ class _Ctx:
             self._log.client.close()
 
 
-@click.group()
+@click.group(cls=CleanErrorsGroup)
 @connection_options
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
@@ -159,7 +170,7 @@ def _append(ctx: click.Context, events: list[Event] | Iterable[Event], **kw: obj
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=None,
     help="At most this many events per second.",
 )

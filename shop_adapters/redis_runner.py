@@ -11,9 +11,14 @@ passwords in the URL are fine and never logged), else an embedded
 ``redis-server`` kept in ``--data-dir``.
 
 Exit status: 0 after ``--exit-when-idle`` drained the log, or after SIGINT /
-SIGTERM (a final snapshot is written first); 1 if the log is discontinuous
-(:class:`~shop_adapters.errors.GapError`, :class:`~shop_adapters.errors.IntegrityError`);
-2 for bad options (click).
+SIGTERM (a final snapshot is written first; also while still waiting for the
+lease: "stopped while waiting for the lease"); 1, with one error line and no
+traceback, if the log is discontinuous (:class:`~shop_adapters.errors.GapError`,
+:class:`~shop_adapters.errors.IntegrityError`), if Redis refuses for good
+(:class:`~shop_adapters.errors.PermanentError`: wrong password, DB index out
+of range, a key of another type), or if Redis stayed unreachable for
+``--give-up-after`` seconds (default 60 with ``--exit-when-idle``, else retry
+for ever); 2 for bad options (click).
 """
 
 from __future__ import annotations
@@ -30,11 +35,21 @@ from typing import Any
 import click
 import redis
 
-from .cli_common import connection_options, make_client, mask_url, resolve_url, setup_logging
+from .cli_common import (
+    CleanErrorsCommand,
+    FiniteFloat,
+    clean_error_message,
+    connection_options,
+    make_client,
+    mask_url,
+    resolve_url,
+    setup_logging,
+)
 from .codec import Decoder, load_price_list
-from .errors import IntegrityError, OperationalError
+from .errors import IntegrityError, OperationalError, PermanentError
 from .lease import Lease
 from .logs.redis_stream import RedisStreamLog
+from .redis_errors import classify, refuse_own_stream
 from .runner import Runner, Summary
 from .snapshots.redis import RedisSnapshotStore
 
@@ -47,14 +62,17 @@ BLOCK_MS = 1_000
 
 def stream_records_total(client: redis.Redis, stream: str) -> int:
     """Entries ever added to ``stream`` (``XINFO STREAM`` ``entries-added``, Redis
-    >= 7.0; else its length); 0 if it does not exist. Raises OperationalError.
+    >= 7.0; else its length); 0 if it does not exist. Raises OperationalError
+    (unreachable) or PermanentError (e.g. the key is not a stream).
     Source: Redis XINFO STREAM docs."""
     try:
         info: Any = client.xinfo_stream(stream)
-    except redis.exceptions.ResponseError:
-        return 0  # no such key
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-        raise OperationalError(f"XINFO STREAM {stream}: {e}") from e
+    except redis.exceptions.ResponseError as e:
+        if "no such key" in str(e).lower():
+            return 0
+        raise classify(e, "XINFO STREAM", stream) from e
+    except redis.exceptions.RedisError as e:
+        raise classify(e, "XINFO STREAM", stream) from e
     added = info.get("entries-added", info.get(b"entries-added"))
     return int(added if added is not None else info.get("length", 0))
 
@@ -66,7 +84,11 @@ def _print_summary(summary: Summary, fmt: str) -> None:
         click.echo(summary.text())
 
 
-@click.command()
+GIVE_UP_AFTER_IDLE = 60.0
+"""Default ``--give-up-after`` with ``--exit-when-idle``, seconds."""
+
+
+@click.command(cls=CleanErrorsCommand)
 @connection_options
 @click.option(
     "--snapshot-every",
@@ -76,7 +98,7 @@ def _print_summary(summary: Summary, fmt: str) -> None:
 )
 @click.option(
     "--snapshot-interval",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=30.0,
     show_default=True,
     help="Seconds between snapshots while records arrive.",
@@ -102,17 +124,26 @@ def _print_summary(summary: Summary, fmt: str) -> None:
 )
 @click.option(
     "--progress-interval",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=10.0,
     show_default=True,
     help="Seconds between progress log lines.",
 )
 @click.option(
     "--lease-ttl",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloat(min=0.1),
     default=10.0,
     show_default=True,
     help="Seconds the single-writer lease lives without renewal.",
+)
+@click.option(
+    "--give-up-after",
+    type=FiniteFloat(min=0),
+    default=None,
+    help="Exit 1 after this many seconds of consecutive failed attempts to reach Redis "
+    f"(default: {GIVE_UP_AFTER_IDLE:g} with --exit-when-idle, else retry for ever). "
+    "Wrong passwords, a DB index out of range and keys of another type are never "
+    "retried: they exit 1 at once.",
 )
 def main(
     redis_url: str | None,
@@ -128,9 +159,18 @@ def main(
     progress: bool | None,
     progress_interval: float,
     lease_ttl: float,
+    give_up_after: float | None,
 ) -> None:
-    """Fold the Redis stream into the shop's state; snapshot; follow the tail."""
+    """Fold the Redis stream into the shop's state; snapshot; follow the tail.
+
+    Exit status: 0 when drained (--exit-when-idle) or stopped by SIGINT/SIGTERM;
+    1 with one error line if the log is discontinuous, Redis refuses for good
+    (wrong password, DB index out of range, a key of another type) or stays
+    unreachable for --give-up-after seconds; 2 for bad options.
+    """
     setup_logging(log_format)
+    if give_up_after is None and exit_when_idle:
+        give_up_after = GIVE_UP_AFTER_IDLE
     try:
         decoder = Decoder(load_price_list(price_list)) if price_list else Decoder()
     except (OSError, ValueError, TypeError) as e:
@@ -138,6 +178,7 @@ def main(
     url = resolve_url(redis_url, data_dir)
     _log.info("stream %s at %s", stream, mask_url(url))
     client = make_client(url, BLOCK_MS)
+    refuse_own_stream(client, stream)
     log = RedisStreamLog(client, stream)
     lease = Lease(client, stream, ttl_ms=int(lease_ttl * 1000))
     store = RedisSnapshotStore(client, f"{stream}:snapshot", fencing_token=lease.fencing_token)
@@ -161,9 +202,16 @@ def main(
     signal.signal(signal.SIGTERM, on_signal)
     try:
         while not stop.is_set():
-            token = lease.acquire(stop=stop, on_lost=on_lost, on_wait=on_wait)
+            try:
+                token = lease.acquire(
+                    stop=stop, on_lost=on_lost, on_wait=on_wait, give_up_after=give_up_after
+                )
+            except (PermanentError, OperationalError) as e:
+                _log.error("%s", clean_error_message(e))
+                sys.exit(1)
             if token is None:
-                break  # stopped while waiting
+                _log.info("stopped while waiting for the lease %s", lease.key)
+                break
             _log.info("lease %s acquired (fencing token %d)", lease.key, token)
             runner = Runner(
                 log,
@@ -177,14 +225,15 @@ def main(
                 progress=progress,
                 progress_interval=progress_interval,
                 records_total=lambda: stream_records_total(client, stream),
+                give_up_after=give_up_after,
             )
             current[:] = [runner]
             if stop.is_set():
                 runner.stop()
             try:
                 summary = runner.run(exit_when_idle=exit_when_idle)
-            except IntegrityError as e:
-                _log.error("%s: %s", type(e).__name__, e)
+            except (IntegrityError, PermanentError, OperationalError) as e:
+                _log.error("%s", clean_error_message(e))
                 sys.exit(1)
             finally:
                 current.clear()

@@ -67,7 +67,7 @@ from tqdm import tqdm
 from shop_core import EMPTY, Event, Outcomes, ShopState, Transient, fold_with_outcomes, state_digest
 
 from .codec import Snapshot, decode_snapshot, describe_decoder_digest, encode_snapshot
-from .errors import FencedError, GapError, IntegrityError, OperationalError
+from .errors import FencedError, GapError, IntegrityError, OperationalError, PermanentError
 from .protocols import ORIGIN, DeadLetter, EventLog, Position, Record, SnapshotStore
 
 __all__ = [
@@ -330,6 +330,9 @@ class _SnapshotWriter:
             self._logger.error("snapshot at %s refused, lease lost: %s", snapshot.position, e)
             self._on_fenced(f"fenced: {e}")
             return False
+        except PermanentError as e:
+            self._logger.error("snapshot at %s refused by the store: %s", snapshot.position, e)
+            return False
         except Exception:  # a thread must not die silently; the fold goes on
             self._logger.exception("snapshot at %s failed", snapshot.position)
             return False
@@ -375,6 +378,9 @@ class Runner:
     - ``backoff_base``/``backoff_cap``: reconnect back-off, seconds;
     - ``max_retries``: consecutive failed reads before the ``OperationalError``
       is raised (``None``: retry until stopped);
+    - ``give_up_after``: seconds of consecutive failures (from the first
+      failed attempt of a streak) after which the ``OperationalError`` is
+      raised, its message saying how long it tried (``None``: no limit);
     - ``logger``: where progress and warnings go (default ``shop.runner``);
     - ``tune_gc``: while the loop runs, freeze what is alive and raise the
       cyclic GC's generation-0 threshold (see :func:`gc_tuned_for_folding`);
@@ -382,8 +388,10 @@ class Runner:
       GC settings matter.
 
     :meth:`run` raises :class:`GapError`/:class:`IntegrityError` on a
-    discontinuous log (before folding anything) and ``OperationalError`` only
-    after ``max_retries``.
+    discontinuous log (before folding anything), ``OperationalError`` only
+    after ``max_retries`` or ``give_up_after``, and
+    :class:`~shop_adapters.errors.PermanentError` (wrong password, a key of
+    another type...) at once: it is never retried.
     """
 
     def __init__(
@@ -403,6 +411,7 @@ class Runner:
         backoff_base: float = 0.1,
         backoff_cap: float = 5.0,
         max_retries: int | None = None,
+        give_up_after: float | None = None,
         logger: logging.Logger | None = None,
         tune_gc: bool = True,
     ) -> None:
@@ -426,6 +435,10 @@ class Runner:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_retries = max_retries
+        if give_up_after is not None and not give_up_after >= 0:
+            raise ValueError(f"give_up_after must be >= 0 seconds or None, got {give_up_after}")
+        self.give_up_after = give_up_after
+        self._failing_since: float | None = None
         self.tune_gc = tune_gc
         self._logger = logger or _log
         self._stop = threading.Event()
@@ -537,11 +550,11 @@ class Runner:
                 action()
                 if attempt:
                     self._logger.info("reconnected after %d attempt(s)", attempt)
+                self._failing_since = None
                 return True
             except OperationalError as e:
                 attempt += 1
-                if self.max_retries is not None and attempt > self.max_retries:
-                    raise
+                self._check_give_up(attempt, e)
                 delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
                 self._logger.warning(
                     "log unreachable (%s); retry %d in %.2fs from %s",
@@ -552,6 +565,21 @@ class Runner:
                 )
                 if self._stop.wait(delay):
                     return False
+
+    def _check_give_up(self, attempt: int, error: OperationalError) -> None:
+        """Raise if ``attempt`` failures exceed ``max_retries`` or have lasted
+        ``give_up_after`` seconds; else return (the caller backs off and retries)."""
+        now = time.monotonic()
+        if self._failing_since is None or attempt == 1:
+            self._failing_since = now
+        if self.max_retries is not None and attempt > self.max_retries:
+            raise error
+        failing = now - self._failing_since
+        if self.give_up_after is not None and failing >= self.give_up_after:
+            raise OperationalError(
+                f"the log is unreachable: gave up after {attempt} attempt(s) over "
+                f"{failing:.1f} s (limit {self.give_up_after:g} s): {error}"
+            ) from error
 
     def _loop(self, exit_when_idle: bool) -> str:
         catching_up = True
@@ -571,8 +599,7 @@ class Runner:
                         self._apply(records)
                 except OperationalError as e:
                     attempt += 1
-                    if self.max_retries is not None and attempt > self.max_retries:
-                        raise
+                    self._check_give_up(attempt, e)
                     delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
                     self._logger.warning(
                         "log unreachable (%s); retry %d in %.2fs from %s",
@@ -587,6 +614,7 @@ class Runner:
                 if attempt:
                     self._logger.info("reconnected; resuming after %s", self.position)
                     attempt = 0
+                    self._failing_since = None
                 if records:
                     if bar is not None:
                         bar.update(len(records))

@@ -185,7 +185,7 @@ def test_kill_9_during_catch_up_then_restart_equals_from_scratch(
     expected = state_digest(fold(synthetic_events(n, users=500, items=50, seed=3)))
     args = ("shop_adapters.redis_runner", "--redis-url", redis_server.url, "--stream", "big")
     args += ("--snapshot-every", "1000", "--log-format", "json", "--lease-ttl", "1")
-    victim = Proc(*args, "--exit-when-idle", "--batch-size", "500")
+    victim = Proc(*args, "--exit-when-idle", "--batch-size", "50")
     victim.wait_for("lease big:lease acquired")
     time.sleep(random.uniform(0.2, 0.8))
     assert victim.p.poll() is None, "the runner finished before it could be killed"

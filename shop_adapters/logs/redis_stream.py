@@ -21,11 +21,15 @@ compared numerically (``5-9`` < ``5-10``). Commands used (Redis >= 6.2):
 
 Nothing here deletes or trims entries (no ``XDEL``/``XTRIM``).
 
-Errors: redis-py's ``ConnectionError``/``TimeoutError`` (which do not subclass
-the built-ins) become :class:`~shop_adapters.errors.OperationalError`, raised
-``from`` the original, so the runner can reconnect and resume from its last
-position. Note that redis-py 8 retries commands on connection errors by
-default: an ``XADD`` whose reply was lost may then land twice, with two IDs
+Errors: redis-py's errors are classified by
+:func:`shop_adapters.redis_errors.classify` and raised ``from`` the original:
+``ConnectionError``/``TimeoutError`` (and "retry later" replies such as
+``LOADING``) become :class:`~shop_adapters.errors.OperationalError`, so the
+runner can reconnect and resume from its last position; wrong credentials, a
+database index out of range, ``WRONGTYPE`` (the stream key holds another type)
+and other error replies become :class:`~shop_adapters.errors.PermanentError`.
+Note that redis-py 8 retries commands on connection errors by default: an
+``XADD`` whose reply was lost may then land twice, with two IDs
 (appends are at least once; the producer's entries should carry an
 idempotency key such as ``order_id`` where a duplicate matters).
 """
@@ -40,8 +44,8 @@ from typing import Any
 
 import redis
 
-from ..errors import OperationalError
 from ..protocols import ORIGIN, DeadLetter, Position, Record
+from ..redis_errors import classify
 from ._common import check_limit, check_timeout, encode_entries
 
 __all__ = ["BLOCK_MARGIN_MS", "RedisStreamLog"]
@@ -54,11 +58,12 @@ _MAX_ID = Position(2**64 - 1, 2**64 - 1)
 
 
 @contextmanager
-def _operational(what: str) -> Iterator[None]:
+def _operational(what: str, key: str | None = None) -> Iterator[None]:
+    """Redis errors as shop errors (:func:`shop_adapters.redis_errors.classify`)."""
     try:
         yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-        raise OperationalError(f"Redis unavailable during {what}: {e}") from e
+    except redis.exceptions.RedisError as e:
+        raise classify(e, what, key) from e
 
 
 def _b(value: bytes | str) -> bytes:
@@ -184,7 +189,7 @@ class RedisStreamLog:
         encoded = encode_entries(entries)
         if not encoded:
             return []
-        with _operational("XADD"):
+        with _operational("XADD", self.stream):
             pipe = self.client.pipeline(transaction=False)
             for fields in encoded:
                 pipe.xadd(self.stream, fields, id="*")  # type: ignore[arg-type]
@@ -197,7 +202,7 @@ class RedisStreamLog:
         check_limit(limit)
         if position >= _MAX_ID:
             return []
-        with _operational("XRANGE"):
+        with _operational("XRANGE", self.stream):
             reply = self.client.xrange(self.stream, f"({position}", "+", count=limit)
         return _records(reply)
 
@@ -214,7 +219,7 @@ class RedisStreamLog:
             return []
         streams = {self.stream: str(position)}
         if timeout_ms == 0:
-            with _operational("XREAD"):
+            with _operational("XREAD", self.stream):
                 reply = self.client.xread(streams, count=limit)  # type: ignore[arg-type]
             return _records(_xread_entries(reply))
         deadline = time.monotonic() + timeout_ms / 1000
@@ -223,7 +228,7 @@ class RedisStreamLog:
             if remaining_ms <= 0:
                 return []
             block = min(remaining_ms, self.max_block_ms)
-            with _operational("XREAD BLOCK"):
+            with _operational("XREAD BLOCK", self.stream):
                 reply = self.client.xread(streams, count=limit, block=block)  # type: ignore[arg-type]
             found = _records(_xread_entries(reply))
             if found:
@@ -231,13 +236,13 @@ class RedisStreamLog:
 
     def last_position(self) -> Position:
         """ID of the last entry (``XREVRANGE + - COUNT 1``), or ORIGIN if empty or missing."""
-        with _operational("XREVRANGE"):
+        with _operational("XREVRANGE", self.stream):
             reply: Any = self.client.xrevrange(self.stream, "+", "-", count=1)
         return Position.parse(reply[0][0]) if reply else ORIGIN
 
     def first_position(self) -> Position:
         """ID of the first entry (``XRANGE - + COUNT 1``), or ORIGIN if empty or missing."""
-        with _operational("XRANGE"):
+        with _operational("XRANGE", self.stream):
             reply: Any = self.client.xrange(self.stream, "-", "+", count=1)
         return Position.parse(reply[0][0]) if reply else ORIGIN
 
@@ -250,7 +255,7 @@ class RedisStreamLog:
         records after a snapshot even when older records remain at the head.
         Source: Redis XINFO STREAM docs. Raises ``OperationalError``.
         """
-        with _operational("XINFO STREAM"):
+        with _operational("XINFO STREAM", self.stream):
             try:
                 info: Any = self.client.xinfo_stream(self.stream)
             except redis.exceptions.ResponseError:
@@ -279,7 +284,7 @@ class RedisStreamLog:
         }
         for name, value in letter.fields.items():
             payload[_FIELD_PREFIX + _b(name)] = _b(value)
-        with _operational("XADD (dead letter)"):
+        with _operational("XADD (dead letter)", self.dead_stream):
             try:
                 self.client.xadd(self.dead_stream, payload, id=str(letter.position))  # type: ignore[arg-type]
             except redis.exceptions.ResponseError as e:
@@ -293,7 +298,7 @@ class RedisStreamLog:
         out: list[DeadLetter] = []
         start = "-"
         while True:
-            with _operational("XRANGE (dead letters)"):
+            with _operational("XRANGE (dead letters)", self.dead_stream):
                 reply: Any = self.client.xrange(self.dead_stream, start, "+", count=1000)
             if not reply:
                 return out

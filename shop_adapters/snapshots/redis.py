@@ -18,7 +18,10 @@ Every write is a single command on a single key, so a reader sees the old blob
 or the new one, never a mix, and in a Redis Cluster the key needs only its own
 slot (give it the stream's hash tag, e.g. ``{shop1}:snapshot``). Redis's
 ``ConnectionError``/``TimeoutError`` become
-:class:`~shop_adapters.errors.OperationalError`.
+:class:`~shop_adapters.errors.OperationalError`; a key that is not a hash
+(``WRONGTYPE``) :class:`~shop_adapters.errors.IntegrityError`; wrong
+credentials and other error replies :class:`~shop_adapters.errors.PermanentError`
+(see :mod:`shop_adapters.redis_errors`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from contextlib import contextmanager
 
 import redis
 
-from ..errors import FencedError, IntegrityError, OperationalError
+from ..errors import FencedError, IntegrityError
+from ..redis_errors import classify
 
 __all__ = ["FENCED_WRITE", "RedisSnapshotStore"]
 
@@ -53,14 +57,14 @@ return {1, ARGV[2]}
 def _translate(what: str, key: str) -> Iterator[None]:
     try:
         yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-        raise OperationalError(f"Redis unavailable during {what} {key!r}: {e}") from e
     except redis.exceptions.ResponseError as e:
         if "WRONGTYPE" in str(e):
             raise IntegrityError(
                 f"snapshot key {key!r} holds a value that is not a hash: {e}"
             ) from e
-        raise
+        raise classify(e, f"{what} {key!r}", key) from e
+    except redis.exceptions.RedisError as e:
+        raise classify(e, f"{what} {key!r}", key) from e
 
 
 class RedisSnapshotStore:

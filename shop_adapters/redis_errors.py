@@ -1,0 +1,110 @@
+"""Which Redis errors are transient and which are not: one classification for
+the log, the snapshot store, the lease and the command-line tools.
+
+:func:`classify` turns a ``redis.exceptions.RedisError`` into
+
+- :class:`~shop_adapters.errors.OperationalError` (retry after a back-off) for a
+  lost or refused connection, a time-out, and the error replies that mean "not
+  now": ``LOADING`` (a restarting server reading its data), ``BUSY`` (a script
+  running), ``TRYAGAIN``, ``CLUSTERDOWN``, ``MASTERDOWN``, ``READONLY`` (a
+  fail-over in progress);
+- :class:`~shop_adapters.errors.PermanentError` for everything else, which no
+  retry can fix: ``AuthenticationError`` (``WRONGPASS``, ``NOAUTH``; redis-py
+  makes it a subclass of its ``ConnectionError``, so it must be tested first),
+  ``NOPERM``, a ``SELECT`` refused ("DB index is out of range", "Invalid
+  Database"), ``WRONGTYPE`` (the key holds another type) and any other error reply.
+
+Sources: redis-py ``redis/exceptions.py`` and its reply-prefix table
+(``redis/_parsers/base.py``); Redis "Errors" reference (error prefixes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+
+from .errors import OperationalError, PermanentError, ShopError
+
+__all__ = ["TRANSIENT_REPLIES", "classify", "own_key_hint", "redis_errors", "refuse_own_stream"]
+
+TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY")
+"""Error-reply prefixes that mean "retry later", not "you are wrong"."""
+
+_OWN_SUFFIXES = (":snapshot", ":lease:token", ":lease", ":dead")
+
+
+def own_key_hint(key: str | None) -> str:
+    """``"; 'x:snapshot' looks like one of shop's own keys ..."`` when ``key`` ends
+    with one of the suffixes of a stream's companion keys, else ``""``."""
+    return _wrong_type_hint(key)
+
+
+def refuse_own_stream(client: redis.Redis, stream: str) -> None:
+    """Raise :class:`PermanentError` if ``stream`` is the dead-letter stream
+    (``<base>:dead``) of an existing stream ``<base>``: folding it, or appending
+    to it, would mix events with dead letters. (The snapshot and lease keys are
+    not streams: using them as the log fails with ``WRONGTYPE`` anyway.) Raises
+    ``OperationalError`` if Redis is unreachable."""
+    if not stream.endswith(":dead") or len(stream) == len(":dead"):
+        return
+    base = stream[: -len(":dead")]
+    with redis_errors("TYPE", base):
+        kind: object = client.type(base)
+    if kind in (b"stream", "stream"):
+        raise PermanentError(
+            f"{stream!r} is the dead-letter stream of {base!r}, not a log of events; "
+            f"did you mean --stream {base!r}?"
+        )
+
+
+def _wrong_type_hint(key: str | None) -> str:
+    if key is None:
+        return ""
+    for suffix in _OWN_SUFFIXES:
+        if key.endswith(suffix) and len(key) > len(suffix):
+            base = key[: -len(suffix)]
+            return (
+                f"; {key!r} looks like one of shop's own keys (the {suffix[1:]} key of "
+                f"stream {base!r}): did you mean --stream {base!r}?"
+            )
+    return ""
+
+
+def classify(error: redis.exceptions.RedisError, what: str, key: str | None = None) -> ShopError:
+    """The shop error for ``error``, raised during ``what`` (a command name and key,
+    for the message) on ``key`` (named in a ``WRONGTYPE`` message). Never raises."""
+    text = str(error) or type(error).__name__
+    if isinstance(error, redis.exceptions.AuthenticationError):
+        return PermanentError(
+            f"Redis refused the credentials during {what}: {text} "
+            "(check the user and password in --redis-url / REDIS_URL)"
+        )
+    if isinstance(error, redis.exceptions.ConnectionError) and "Invalid Database" in text:
+        return PermanentError(f"Redis refused the database number during {what}: {text}")
+    if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return OperationalError(f"Redis unavailable during {what}: {text}")
+    if isinstance(error, redis.exceptions.ResponseError):
+        if text.startswith(TRANSIENT_REPLIES):
+            return OperationalError(f"Redis busy during {what}: {text}")
+        if "WRONGTYPE" in text:  # also inside a script's error reply
+            where = f"key {key!r}" if key is not None else "the key"
+            return PermanentError(
+                f"{where} holds a value of the wrong type for {what} "
+                f"(WRONGTYPE: another kind of key already has this name){_wrong_type_hint(key)}"
+            )
+        if "DB index" in text:
+            return PermanentError(
+                f"Redis refused the database number in the URL during {what}: {text}"
+            )
+    return PermanentError(f"Redis refused {what}: {text}")
+
+
+@contextmanager
+def redis_errors(what: str, key: str | None = None) -> Iterator[None]:
+    """Re-raise any ``RedisError`` in the block as :func:`classify` says, ``from`` it."""
+    try:
+        yield
+    except redis.exceptions.RedisError as e:
+        raise classify(e, what, key) from e

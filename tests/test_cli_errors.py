@@ -1,0 +1,253 @@
+"""Permanent Redis errors are fatal (one line, exit 1), transient ones are retried
+(for a bounded time with ``--give-up-after``), and user errors are usage errors."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from shop_adapters import inspect as inspect_cli
+from shop_adapters import producer, redis_runner
+from shop_adapters.codec import Decoder, encode_event
+from shop_adapters.embedded_redis import RedisServer
+from shop_adapters.errors import OperationalError, PermanentError
+from shop_adapters.lease import Lease
+from shop_adapters.logs.memory import MemoryLog
+from shop_adapters.redis_errors import classify
+from shop_adapters.runner import Runner
+from shop_adapters.snapshots.memory import MemorySnapshotStore
+from shop_core import TopUp
+from tests.reliability_support import REPO, RunnerProcess, runner_argv
+
+PASSWORD = "right-horse-battery"
+REFUSED = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused
+
+
+# --- classification ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (redis.exceptions.AuthenticationError("invalid username-password pair"), PermanentError),
+        (redis.exceptions.AuthenticationError("Authentication required."), PermanentError),
+        (redis.exceptions.ResponseError("DB index is out of range"), PermanentError),
+        (redis.exceptions.ConnectionError("Invalid Database"), PermanentError),
+        (redis.exceptions.ResponseError("WRONGTYPE Operation against a key"), PermanentError),
+        (redis.exceptions.NoPermissionError("NOPERM this user has no permissions"), PermanentError),
+        (redis.exceptions.ResponseError("ERR unknown command"), PermanentError),
+        (
+            redis.exceptions.ConnectionError("Error 111 connecting. Connection refused."),
+            OperationalError,
+        ),
+        (redis.exceptions.TimeoutError("Timeout reading from socket"), OperationalError),
+        (redis.exceptions.BusyLoadingError("LOADING Redis is loading"), OperationalError),
+        (
+            redis.exceptions.ReadOnlyError("READONLY You can't write against a replica"),
+            OperationalError,
+        ),
+        (redis.exceptions.ResponseError("BUSY Redis is busy running a script"), OperationalError),
+    ],
+)
+def test_permanent_and_transient_redis_errors(
+    error: redis.exceptions.RedisError, kind: type
+) -> None:
+    assert type(classify(error, "XRANGE", "orders")) is kind
+
+
+def test_a_wrongtype_on_one_of_our_own_keys_says_which_stream_was_meant() -> None:
+    error = classify(redis.exceptions.ResponseError("WRONGTYPE Operation"), "XRANGE", "x:snapshot")
+    assert "'x:snapshot' holds a value of the wrong type" in str(error)
+    assert "did you mean --stream 'x'" in str(error)
+
+
+# --- the runner: give up after a bounded wait ----------------------------------------------
+
+
+class DeadLog(MemoryLog):
+    def read_after(self, position: Any, limit: int) -> Any:
+        raise OperationalError("down")
+
+    def last_position(self) -> Any:
+        raise OperationalError("down")
+
+
+def test_the_runner_gives_up_after_give_up_after_seconds_of_failures() -> None:
+    runner = Runner(
+        DeadLog(),
+        MemorySnapshotStore(),
+        Decoder(),
+        progress=False,
+        give_up_after=0.0,
+        backoff_base=0.001,
+        backoff_cap=0.001,
+    )
+    with pytest.raises(OperationalError, match="gave up after 1 attempt"):
+        runner.run(exit_when_idle=True)
+
+
+def test_the_runner_refuses_a_bad_give_up_after() -> None:
+    with pytest.raises(ValueError, match="give_up_after"):
+        Runner(MemoryLog(), MemorySnapshotStore(), Decoder(), give_up_after=float("nan"))
+
+
+def test_a_permanent_error_is_not_retried() -> None:
+    class Refusing(MemoryLog):
+        calls = 0
+
+        def read_after(self, position: Any, limit: int) -> Any:
+            Refusing.calls += 1
+            raise PermanentError("WRONGTYPE")
+
+    log = Refusing()
+    log.append([encode_event(TopUp(1, 1))])  # type: ignore[list-item]
+    with pytest.raises(PermanentError):
+        Runner(log, MemorySnapshotStore(), Decoder(), progress=False).run(exit_when_idle=True)
+    assert Refusing.calls == 1
+
+
+def test_the_lease_gives_up_when_redis_stays_unreachable() -> None:
+    client = redis.Redis.from_url(REFUSED, socket_connect_timeout=1)
+    lease = Lease(client, "orders", ttl_ms=1_000, poll_s=0.01)
+    with pytest.raises(OperationalError, match="gave up after"):
+        lease.acquire(give_up_after=0.0)
+
+
+# --- usage errors (no Redis reached) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--lease-ttl", "nan"],
+        ["--snapshot-interval", "nan"],
+        ["--snapshot-interval", "inf"],
+        ["--progress-interval", "nan"],
+        ["--give-up-after", "inf"],
+        ["--stream", ""],
+    ],
+)
+def test_bad_runner_options_are_usage_errors(args: list[str]) -> None:
+    result = CliRunner().invoke(redis_runner.main, ["--redis-url", REFUSED, *args])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_empty_stream_is_a_usage_error_in_every_cli() -> None:
+    for cli, rest in ((inspect_cli.cli, ["state"]), (producer.cli, ["topup", "1", "1"])):
+        result = CliRunner().invoke(cli, ["--redis-url", REFUSED, "--stream", "", *rest])
+        assert result.exit_code == 2, result.output
+        assert "the stream name must not be empty" in result.output
+    rate = CliRunner().invoke(producer.cli, ["--redis-url", REFUSED, "synthetic", "--rate", "nan"])
+    assert rate.exit_code == 2 and "not a finite number" in rate.output
+
+
+# --- against real servers ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(data_dir=tmp_path_factory.mktemp("auth"), password=PASSWORD) as server:
+        yield server
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+
+
+def url(server: RedisServer, password: str = PASSWORD, db: int = 0) -> str:
+    return f"redis://:{password}@127.0.0.1:{server.port}/{db}"
+
+
+def assert_one_clean_line(proc: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert needle in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("idle", [True, False])
+def test_a_wrong_password_or_db_is_fatal_for_the_runner(secured: RedisServer, idle: bool) -> None:
+    extra = ["--exit-when-idle"] if idle else []
+    wrong = run(*runner_argv(url(secured, "wrong"), "s", *extra)[2:])
+    assert_one_clean_line(wrong, "Redis refused the credentials")
+    bad_db = run(*runner_argv(url(secured, db=99), "s", *extra)[2:])
+    assert_one_clean_line(bad_db, "DB index is out of range")
+
+
+@pytest.mark.redis
+def test_a_wrong_password_or_db_is_fatal_for_inspect_and_the_producer(
+    secured: RedisServer,
+) -> None:
+    for target in (url(secured, "wrong"), url(secured, db=99)):
+        for args in (
+            ["shop_adapters.inspect", "--redis-url", target, "state"],
+            ["shop_adapters.inspect", "--redis-url", target, "verify"],
+            ["shop_adapters.inspect", "--redis-url", target, "dead-letters"],
+            ["shop_adapters.producer", "--redis-url", target, "topup", "1", "5"],
+        ):
+            result = run(*args)
+            assert_one_clean_line(result, "PermanentError")
+            assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+
+
+@pytest.mark.redis
+def test_the_runner_gives_up_on_an_unreachable_redis_when_exit_when_idle() -> None:
+    result = run(*runner_argv(REFUSED, "s", "--exit-when-idle", "--give-up-after", "0.2")[2:])
+    assert_one_clean_line(result, "gave up after")
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("suffix", [":snapshot", ":lease", ":lease:token", ":dead"])
+def test_a_stream_naming_one_of_our_own_keys_is_a_clean_error(
+    redis_server: RedisServer, redis_client: redis.Redis, suffix: str
+) -> None:
+    redis_client.xadd("orders", encode_event(TopUp(1, 5)))  # type: ignore[arg-type]
+    redis_client.xadd("orders:dead", {"position": "1-0", "reason": "x"}, id="1-0")
+    redis_client.hset("orders:snapshot", b"blob", b"x")
+    redis_client.set("orders:lease", b"someone-else", px=60_000)
+    redis_client.set("orders:lease:token", b"7")
+    stream = "orders" + suffix
+    target = redis_server.url
+    hint = "dead-letter stream" if suffix == ":dead" else "WRONGTYPE"
+    runner = run(*runner_argv(target, stream, "--exit-when-idle", "--lease-ttl", "0.5")[2:])
+    assert_one_clean_line(runner, hint)
+    assert "did you mean --stream 'orders'" in runner.stderr
+    appended = run(
+        "shop_adapters.producer", "--redis-url", target, "--stream", stream, "topup", "1", "5"
+    )
+    assert_one_clean_line(appended, hint)
+    if suffix != ":dead":
+        shown = run("shop_adapters.inspect", "--redis-url", target, "--stream", stream, "state")
+        assert_one_clean_line(shown, "WRONGTYPE")
+    assert redis_client.xlen("orders") == 1 and redis_client.xlen("orders:dead") == 1
+
+
+@pytest.mark.redis
+def test_sigterm_while_waiting_for_the_lease_logs_and_exits_0(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    redis_client.set("orders:lease", b"someone-else", px=120_000)
+    with RunnerProcess(runner_argv(redis_server.url, "orders")) as proc:
+        assert proc.wait_for("waiting for it", timeout=30), proc.stderr[-3000:]
+        proc.proc.send_signal(signal.SIGTERM)
+        code = proc.proc.wait(timeout=30)
+        proc.wait_for("stopped while waiting", timeout=5)
+    assert code == 0, proc.stderr[-3000:]
+    assert "stopped while waiting for the lease" in proc.stderr
+    assert "Traceback" not in proc.stderr
