@@ -215,7 +215,19 @@ def verify(obj: _Ctx) -> None:
         _fail(f"{type(e).__name__}: {e}")
         return
     if position != snap.position:
-        _fail(f"the log ends at {position}, before the snapshot's position {snap.position}")
+        try:
+            first, last = obj.log.first_position(), obj.log.last_position()
+        except OperationalError as e:
+            _fail(f"{type(e).__name__}: {e}")
+            return
+        if last < snap.position:
+            _fail(f"the log ends at {last}, before the snapshot's position {snap.position}")
+        else:
+            _fail(
+                f"the snapshot's record {snap.position} is no longer in the log (its first "
+                f"record is now {first}): the records the snapshot folded were trimmed or "
+                "deleted, so it cannot be verified by a replay from scratch"
+            )
         return
     diff = first_difference(rebuilt, snap.state)
     if diff is None and outcomes.events + len(dead) != snap.events_folded:

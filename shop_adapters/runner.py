@@ -201,7 +201,12 @@ def index_records_total(log: EventLog) -> Callable[[], int]:
 def check_continuity(log: EventLog, position: Position) -> None:
     """Raise if folding ``log`` after ``position`` would skip or invent history.
 
-    Raises :class:`GapError` if ``position > ORIGIN`` and the log's first record
+    At ``position == ORIGIN`` (a from-scratch fold), raises :class:`GapError`
+    if the log reports that any record was ever deleted from it
+    (``max_deleted_position()`` or ``deleted_entries()``, Redis streams: an
+    ``XTRIM``/``MAXLEN`` of the head or an ``XDEL`` anywhere; Redis 6.2 shows
+    only deletions at the tail): what is left cannot rebuild the state.
+    Otherwise raises :class:`GapError` if ``position > ORIGIN`` and the log's first record
     is after it (records after the snapshot were trimmed), or, for a log that
     has ``max_deleted_position()`` (a Redis >= 7.0 stream), if a record after
     ``position`` was ever deleted (an ``XDEL`` behind older records); and
@@ -210,6 +215,7 @@ def check_continuity(log: EventLog, position: Position) -> None:
     through.
     """
     if position == ORIGIN:
+        _check_complete_history(log)
         return
     last = log.last_position()
     if last < position:
@@ -234,6 +240,27 @@ def check_continuity(log: EventLog, position: Position) -> None:
             "fold over the gap (trim with XTRIM MINID <snapshot position> to keep history "
             "contiguous)"
         )
+
+
+def _check_complete_history(log: EventLog) -> None:
+    """GapError if ``log`` says records were deleted from it (see check_continuity)."""
+    max_deleted = getattr(log, "max_deleted_position", None)
+    deleted = max_deleted() if callable(max_deleted) else None
+    count_deleted = getattr(log, "deleted_entries", None)
+    count = count_deleted() if callable(count_deleted) else None
+    if deleted is None and not count:
+        return
+    if deleted is not None:
+        what = f"entries up to {deleted} were deleted"
+    else:
+        what = f"{count} entries before its first record {log.first_position()} were deleted"
+    if deleted is not None and count:
+        what += f" ({count} entries in all)"
+    raise GapError(
+        f"the stream's history is incomplete: {what}; a from-scratch replay cannot "
+        "rebuild the state (restore the stream's history, or start from a snapshot "
+        "taken after the deleted records: run without --from-scratch)"
+    )
 
 
 def replay(

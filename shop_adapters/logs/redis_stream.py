@@ -12,7 +12,9 @@ compared numerically (``5-9`` < ``5-10``). Commands used (Redis >= 6.2):
   (unlike Redis ``BLOCK 0``, which waits forever).
 - last_position: ``XREVRANGE <stream> + - COUNT 1``; first_position:
   ``XRANGE <stream> - + COUNT 1`` (a missing key reads as an empty stream);
-  max_deleted_position: ``XINFO STREAM`` (Redis >= 7.0), for gap detection.
+  max_deleted_position, deleted_entries: ``XINFO STREAM`` (``max-deleted-entry-id``,
+  ``entries-added``: Redis >= 7.0; ``last-generated-id``: any version), for gap
+  detection.
 - dead_letter: ``XADD <dead_stream> <original id> position <id> reason <text>
   field:<name> <value> ...``. Reusing the original entry ID as the dead letter's
   explicit ID makes a second dead-lettering of that position (or of any lower
@@ -246,25 +248,57 @@ class RedisStreamLog:
             reply: Any = self.client.xrange(self.stream, "-", "+", count=1)
         return Position.parse(reply[0][0]) if reply else ORIGIN
 
-    def max_deleted_position(self) -> Position | None:
-        """The largest entry ID ever deleted from the stream (``XINFO STREAM``
-        ``max-deleted-entry-id``, Redis >= 7.0), or ``None`` if the server does not
-        report it (Redis 6.2) or the stream does not exist.
-
-        Lets :func:`shop_adapters.runner.check_continuity` see an ``XDEL`` of
-        records after a snapshot even when older records remain at the head.
-        Source: Redis XINFO STREAM docs. Raises ``OperationalError``.
-        """
+    def _info(self) -> Mapping[Any, Any] | None:
+        """``XINFO STREAM <stream>``, or ``None`` if the stream does not exist."""
         with _operational("XINFO STREAM", self.stream):
             try:
                 info: Any = self.client.xinfo_stream(self.stream)
-            except redis.exceptions.ResponseError:
-                return None  # no such key
-        raw = info.get("max-deleted-entry-id", info.get(b"max-deleted-entry-id"))
-        if raw is None:
+            except redis.exceptions.ResponseError as e:
+                if "no such key" in str(e).lower():
+                    return None
+                raise
+        return info  # type: ignore[no-any-return]
+
+    def max_deleted_position(self) -> Position | None:
+        """The largest entry ID known to have been deleted from the stream, or
+        ``None`` if none is known (or the stream does not exist).
+
+        From ``XINFO STREAM``: ``max-deleted-entry-id`` (Redis >= 7.0; set by
+        ``XDEL``), and, on every version, ``last-generated-id`` when it is
+        beyond the last entry (the newest entries were deleted). Lets
+        :func:`shop_adapters.runner.check_continuity` see an ``XDEL`` of
+        records after a snapshot even when older records remain at the head.
+        Source: Redis XINFO STREAM docs. Raises ``OperationalError``.
+        """
+        info = self._info()
+        if info is None:
             return None
-        position = Position.parse(raw)
-        return None if position == ORIGIN else position
+        found = ORIGIN
+        raw = info.get("max-deleted-entry-id", info.get(b"max-deleted-entry-id"))
+        if raw is not None:
+            found = max(found, Position.parse(raw))
+        generated = info.get("last-generated-id", info.get(b"last-generated-id"))
+        last = info.get("last-entry", info.get(b"last-entry"))
+        if generated is not None:
+            last_id = Position.parse(last[0]) if last else ORIGIN
+            generated_id = Position.parse(generated)
+            if generated_id > last_id:
+                found = max(found, generated_id)
+        return None if found == ORIGIN else found
+
+    def deleted_entries(self) -> int | None:
+        """How many entries were ever removed from the stream (``XDEL``, ``XTRIM``,
+        ``MAXLEN``): ``entries-added - length`` from ``XINFO STREAM`` (Redis >=
+        7.0); ``None`` if the server does not report ``entries-added`` (Redis
+        6.2) and 0 if the stream does not exist. Raises ``OperationalError``."""
+        info = self._info()
+        if info is None:
+            return 0
+        added = info.get("entries-added", info.get(b"entries-added"))
+        if added is None:
+            return None
+        length = info.get("length", info.get(b"length", 0))
+        return max(0, int(added) - int(length))
 
     # -- dead letters -------------------------------------------------------------------
 
