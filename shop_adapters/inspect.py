@@ -12,13 +12,18 @@ live runner). Connection options as for the runner.
 - ``verify``: rebuild from scratch up to the snapshot's position and compare
   with the snapshot: exit 0 if equal, 1 with the first difference (or if
   there is no usable snapshot).
-- ``dead-letters [--json]``: every dead letter with its position and reason.
+- ``dead-letters [--json]``: every dead letter with its position, reason and
+  raw fields; ``--json`` prints one JSON array (``[]`` when none) of
+  ``{"position", "reason", "fields": [[name, value], ...]}`` where a name or
+  value is a string if it is UTF-8, else ``{"base64": "..."}``; the text
+  output shows non-UTF-8 values as Python bytes reprs.
 
 ``--price-list`` must be the runner's, or v0 AddItem prices differ.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sys
@@ -47,11 +52,20 @@ from .codec import (
 )
 from .errors import IntegrityError, OperationalError
 from .logs.redis_stream import RedisStreamLog
-from .protocols import ORIGIN, EventLog, Position, SnapshotStore
+from .protocols import ORIGIN, DeadLetter, EventLog, Position, SnapshotStore
 from .runner import replay
 from .snapshots.redis import RedisSnapshotStore
 
-__all__ = ["cli", "first_difference", "latest_snapshot", "price_list_mismatch", "state_json"]
+__all__ = [
+    "cli",
+    "dead_letter_json",
+    "first_difference",
+    "json_value",
+    "latest_snapshot",
+    "price_list_mismatch",
+    "state_json",
+    "text_value",
+]
 
 _log = logging.getLogger("shop.inspect")
 
@@ -111,7 +125,8 @@ def first_difference(expected: ShopState, actual: ShopState) -> str | None:
 
 
 class _Ctx:
-    def __init__(self, log: EventLog, store: SnapshotStore, decoder: Decoder) -> None:
+    def __init__(self, log: EventLog, store: SnapshotStore, decoder: Decoder, stream: str) -> None:
+        self.stream = stream
         self.log = log
         self.store = store
         self.decoder = decoder
@@ -144,7 +159,7 @@ def cli(
     client = make_client(url)
     log = RedisStreamLog(client, stream)
     store = RedisSnapshotStore(client, f"{stream}:snapshot")
-    ctx.obj = _Ctx(log, store, decoder)
+    ctx.obj = _Ctx(log, store, decoder, stream)
     ctx.call_on_close(client.close)
 
 
@@ -154,11 +169,24 @@ def _fail(message: str) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the whole state as JSON.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print the whole state as one JSON object: {"position": "ms-seq", "digest": hex, '
+    '"users": {"<id>": balance}, "items": {"<id>": {"price": int|null, "stock": int}}} '
+    "(money in minor units, ids sorted).",
+)
 @click.option("--at", default=None, help="Fold up to and including this position (ms-seq).")
 @click.pass_obj
 def state(obj: _Ctx, as_json: bool, at: str | None) -> None:
-    """The current state (or the state at --at), read-only."""
+    """The current state (or the state at --at), read-only.
+
+    Text output: ``position``, ``digest``, user and item counts with totals,
+    and where the fold started (snapshot or scratch). Warnings (a snapshot set
+    aside, a stream that does not exist or is empty) go to stderr; exit 0.
+    Exit 1 if Redis cannot be read or the log is discontinuous.
+    """
     try:
         until = Position.parse(at) if at is not None else None
     except ValueError as e:
@@ -174,6 +202,8 @@ def state(obj: _Ctx, as_json: bool, at: str | None) -> None:
         start, after = EMPTY, ORIGIN
         if snap is not None and (until is None or snap.position <= until):
             start, after = snap.state, snap.position
+        if obj.log.last_position() == ORIGIN:
+            click.echo(f"warning: stream {obj.stream} does not exist or is empty", err=True)
         result, position, outcomes, dead = replay(obj.log, obj.decoder, start, after, until=until)
     except (OperationalError, IntegrityError) as e:
         _fail(f"{type(e).__name__}: {e}")
@@ -197,7 +227,13 @@ def state(obj: _Ctx, as_json: bool, at: str | None) -> None:
 @cli.command()
 @click.pass_obj
 def verify(obj: _Ctx) -> None:
-    """Rebuild from scratch and compare with the latest snapshot (exit 0 if equal)."""
+    """Rebuild from scratch and compare with the latest snapshot.
+
+    Exit 0 and ``ok: ...`` on stdout if equal; exit 1 with one line on stderr
+    if they differ (the first difference), if there is no usable snapshot, if
+    it was folded with another --price-list, or if the stream's history up to
+    the snapshot is incomplete (trimmed or deleted records).
+    """
     try:
         snap, why = latest_snapshot(obj.store)
         if snap is None:
@@ -243,31 +279,70 @@ def verify(obj: _Ctx) -> None:
     )
 
 
+def json_value(raw: bytes) -> str | dict[str, str]:
+    """A field name or value for ``--json``, losslessly: the text if ``raw`` is
+    valid UTF-8, else ``{"base64": "<standard base64 of the bytes>"}``.
+
+    >>> json_value(b"TopUp"), json_value(b"\\xff")
+    ('TopUp', {'base64': '/w=='})
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(raw).decode("ascii")}
+
+
+def text_value(raw: bytes) -> str | bytes:
+    """A field name or value for the text output: the text if ``raw`` is valid
+    UTF-8, else ``raw`` itself, which a dict's repr shows as a Python bytes repr
+    (``b'\\xff'``), so nothing is replaced."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
+    """``{"position": "ms-seq", "reason": str, "fields": [[name, value], ...]}``,
+    names and values as :func:`json_value` (a list of pairs, in stored order, so
+    that a name that is not UTF-8 is kept exactly too)."""
+    return {
+        "position": str(letter.position),
+        "reason": letter.reason,
+        "fields": [[json_value(bytes(k)), json_value(bytes(v))] for k, v in letter.fields.items()],
+    }
+
+
 @cli.command("dead-letters")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON array (``[]`` when there are none) of "
+    '{"position", "reason", "fields": [[name, value], ...]}; a name or value is '
+    'a string when it is UTF-8, else {"base64": "..."}.',
+)
 @click.pass_obj
 def dead_letters(obj: _Ctx, as_json: bool) -> None:
-    """List the dead letters: position, reason, raw fields."""
+    """List the dead letters: position, reason, raw fields.
+
+    Text output: one line per dead letter, ``<position>  <reason>  {name:
+    value, ...}``, values that are not UTF-8 shown as Python bytes reprs
+    (``b'\\xff'``), then ``N dead letters`` on stderr. --json: one JSON array
+    on stdout (see the option). Exit 0, or 1 if Redis cannot be read.
+    """
     try:
         letters = obj.log.dead_letters()
     except OperationalError as e:
         _fail(f"{type(e).__name__}: {e}")
         return
+    if as_json:
+        click.echo(json.dumps([dead_letter_json(letter) for letter in letters]))
+        return
     for letter in letters:
-        fields = {
-            k.decode("utf-8", "replace"): v.decode("utf-8", "replace")[:200]
-            for k, v in letter.fields.items()
-        }
-        if as_json:
-            click.echo(
-                json.dumps(
-                    {"position": str(letter.position), "reason": letter.reason, "fields": fields}
-                )
-            )
-        else:
-            click.echo(f"{letter.position}  {letter.reason}  {fields}")
-    if not as_json:
-        click.echo(f"{len(letters)} dead letters", err=True)
+        fields = {text_value(bytes(k)): text_value(bytes(v)) for k, v in letter.fields.items()}
+        click.echo(f"{letter.position}  {letter.reason}  {fields}")
+    click.echo(f"{len(letters)} dead letters", err=True)
 
 
 if __name__ == "__main__":
