@@ -11,7 +11,8 @@ Commands (connection options as for the runner: ``--redis-url`` / env
   {reason: count}`` and the events written by type;
 - ``topup USER AMOUNT``, ``add-item ITEM COUNT [--price P]``,
   ``order USER ITEM:QTY [ITEM:QTY ...]``: one event (amounts and prices in
-  integer minor units); prints its position.
+  integer minor units); prints its position. An order line splits at its
+  last ``:`` (item ids may contain colons: ``cpu:2:3`` is 3 of ``cpu:2``).
 
 Events are written in the v1 wire format (:func:`shop_adapters.codec.encode_event`).
 Bad input exits with status 2 and a message saying what was expected; nothing
@@ -253,7 +254,11 @@ def add_item(ctx: click.Context, item: str, count: int, price: int | None) -> No
 @click.option("--order-id", default=None, help="Caller reference, 1 to 128 characters.")
 @click.pass_context
 def order(ctx: click.Context, user: int, lines: tuple[str, ...], order_id: str | None) -> None:
-    """USER orders ITEM:QTY [ITEM:QTY ...]."""
+    """USER orders ITEM:QTY [ITEM:QTY ...].
+
+    Each line is split at its LAST colon, so item ids may contain colons:
+    ``cpu:2:3`` is 3 of item ``cpu:2``. QTY is an integer >= 0.
+    """
     try:
         parsed = tuple(parse_line(text) for text in lines)
     except ValueError as e:
