@@ -526,19 +526,29 @@ class Decoder:
     def _decode(self, raw_fields: Fields) -> Event:
         """The one decoding path: an event, or raises ``_Invalid(reason)``."""
         found = None
+        data_bytes: Any = None
         if type(raw_fields) is dict:
             # Fast path for the common case (a dict of bytes from redis-py or a
-            # file log): C-level size sum, then one dispatch lookup. Anything
-            # unusual falls through to the full normalisation below.
+            # file log holding exactly type, [v,] data): one dispatch lookup, and
+            # since a match means type and v are short known values, the
+            # entry's size is exact without walking it. Anything else falls
+            # through to the full normalisation below (same reasons).
+            etype: Any = raw_fields.get(b"type")
+            v: Any = raw_fields.get(b"v")
             try:
-                size = sum(map(len, raw_fields)) + sum(map(len, raw_fields.values()))
-            except TypeError:
-                size = -1
-            if 0 <= size <= self._limits.max_entry_bytes:
-                found = _DISPATCH.get((raw_fields.get(b"type"), raw_fields.get(b"v")))  # type: ignore[arg-type]
-        if found is not None and type(data_bytes := raw_fields.get(b"data")) is bytes:
-            fields = raw_fields
-        else:
+                found = _DISPATCH.get((etype, v))
+            except TypeError:  # an unhashable value
+                found = None
+            if found is not None:
+                data_bytes = raw_fields.get(b"data")
+                if (
+                    type(data_bytes) is not bytes
+                    or len(raw_fields) != (2 if v is None else 3)
+                    or len(data_bytes) + 8 + len(etype) + (0 if v is None else 1 + len(v))
+                    > self._limits.max_entry_bytes
+                ):
+                    found = None
+        if found is None:
             fields = self._normalise(raw_fields)
             etype = fields.get(b"type")
             if etype is None:

@@ -81,8 +81,12 @@ class TopUp:
     amount: int
 
     def __post_init__(self) -> None:
-        _check_int("TopUp", "user_id", self.user_id)
-        _check_int("TopUp", "amount", self.amount)
+        # Inline happy path (hot in replay); the helpers build the error messages.
+        u, a = self.user_id, self.amount
+        if type(u) is not int or not 0 <= u <= MAX_INT:
+            _check_int("TopUp", "user_id", u)
+        if type(a) is not int or not 0 <= a <= MAX_INT:
+            _check_int("TopUp", "amount", a)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +103,13 @@ class AddItem:
     price: int | None = None
 
     def __post_init__(self) -> None:
-        _check_id("AddItem", "item_id", self.item_id)
-        _check_int("AddItem", "count", self.count)
-        if self.price is not None:
-            _check_int("AddItem", "price", self.price)
+        i, c, p = self.item_id, self.count, self.price
+        if type(i) is not str or not 0 < len(i) <= MAX_ID_LENGTH:
+            _check_id("AddItem", "item_id", i)
+        if type(c) is not int or not 0 <= c <= MAX_INT:
+            _check_int("AddItem", "count", c)
+        if p is not None and (type(p) is not int or not 0 <= p <= MAX_INT):
+            _check_int("AddItem", "price", p)
 
 
 Line: TypeAlias = tuple[str, int]
@@ -169,10 +176,14 @@ class Order:
     order_id: str | None = None
 
     def __post_init__(self) -> None:
-        _check_int("Order", "user_id", self.user_id)
-        object.__setattr__(self, "lines", _check_lines(self.lines))
-        if self.order_id is not None:
-            _check_id("Order", "order_id", self.order_id)
+        u, o = self.user_id, self.order_id
+        if type(u) is not int or not 0 <= u <= MAX_INT:
+            _check_int("Order", "user_id", u)
+        lines = _check_lines(self.lines)
+        if lines is not self.lines:
+            object.__setattr__(self, "lines", lines)
+        if o is not None and (type(o) is not str or not 0 < len(o) <= MAX_ID_LENGTH):
+            _check_id("Order", "order_id", o)
 
 
 Event: TypeAlias = TopUp | AddItem | Order
