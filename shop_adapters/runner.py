@@ -722,8 +722,8 @@ class Runner:
             return None
         try:
             total = self.records_total()
-        except OperationalError:
-            return None
+        except (OperationalError, PermanentError):
+            return None  # lag is informative only; the reads report the error
         return max(0, total - self._total_outcomes.events - self._total_dead)
 
     def _progress_bar(self) -> tqdm[Any] | None:
