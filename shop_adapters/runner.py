@@ -581,17 +581,23 @@ class Runner:
                 return True
             except OperationalError as e:
                 attempt += 1
-                self._check_give_up(attempt, e)
-                delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
-                self._logger.warning(
-                    "log unreachable (%s); retry %d in %.2fs from %s",
-                    e,
-                    attempt,
-                    delay,
-                    self.position,
-                )
-                if self._stop.wait(delay):
+                if not self._back_off(attempt, e):
                     return False
+
+    def _back_off(self, attempt: int, error: OperationalError) -> bool:
+        """After failure number ``attempt``: raise if it is time to give up (see
+        :meth:`_check_give_up`), else log and wait the back-off delay. Returns
+        ``False`` if :meth:`stop` was called during the wait."""
+        self._check_give_up(attempt, error)
+        delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
+        self._logger.warning(
+            "log unreachable (%s); retry %d in %.2fs from %s",
+            error,
+            attempt,
+            delay,
+            self.position,
+        )
+        return not self._stop.wait(delay)
 
     def _check_give_up(self, attempt: int, error: OperationalError) -> None:
         """Raise if ``attempt`` failures exceed ``max_retries`` or have lasted
@@ -626,16 +632,7 @@ class Runner:
                         self._apply(records)
                 except OperationalError as e:
                     attempt += 1
-                    self._check_give_up(attempt, e)
-                    delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
-                    self._logger.warning(
-                        "log unreachable (%s); retry %d in %.2fs from %s",
-                        e,
-                        attempt,
-                        delay,
-                        self.position,
-                    )
-                    if self._stop.wait(delay):
+                    if not self._back_off(attempt, e):
                         break
                     continue
                 if attempt:
