@@ -78,6 +78,8 @@ _HOST = "127.0.0.1"
 _SHARED_PORT = 6379
 _STATE_FILE = "embedded.json"
 _LOCK_FILE = "embedded.lock"
+_PID_FILE = "redis.pid"
+_CONF_FILE = "redis.conf"
 
 
 class RedisServerError(RuntimeError):
@@ -270,6 +272,22 @@ def check_data_dir(
             f"but the chosen redis-server {executable} is {_v(version)}, which cannot read "
             f"it and would start empty; refusing. Fix: {fix('7.0')}."
         )
+    converts = single.is_file() and not multipart and version >= (7, 0, 0)
+    if converts and (written_by is None or written_by < (7, 0, 0)):
+        writer = _v(written_by) if written_by else _aof_writer(single)
+        _log.warning(
+            "%s holds a single-file appendonly.aof (Redis < 7.0 layout, written by "
+            "Redis %s); redis-server %s (%s) converts it into appendonlydir/ on start. "
+            "The conversion is one-way: Redis %s can no longer read this directory "
+            "afterwards. To keep that version instead, stop this server and point %s "
+            "at it",
+            data_dir,
+            writer,
+            executable,
+            _v(version),
+            writer,
+            SERVER_ENV_VAR,
+        )
     has_data = multipart or single.is_file()
     if has_data and written_by is not None and written_by[:2] > version[:2]:
         needed = f"{written_by[0]}.{written_by[1]}"
@@ -279,6 +297,22 @@ def check_data_dir(
             f"written by a newer version; refusing. Fix: {fix(needed)}."
         )
     return version
+
+
+def _aof_writer(aof: Path) -> str:
+    """``"6.2.14"`` from an AOF's RDB preamble (``redis-ver`` field), else ``"6.x"``."""
+    try:
+        with aof.open("rb") as f:
+            head = f.read(256)
+    except OSError:
+        return "6.x"
+    m = re.match(rb"REDIS\d{4}.*?redis-ver(.)", head, re.DOTALL)
+    if m is not None and 0 < m[1][0] < 64:
+        start = m.end()
+        raw = head[start : start + m[1][0]]
+        if re.fullmatch(rb"\d+\.\d+\.\d+", raw):
+            return raw.decode()
+    return "6.x"
 
 
 def _free_port() -> int:
@@ -334,12 +368,11 @@ def _write_config(
         "appendfsync everysec",
         "appendfilename appendonly.aof",
         f"daemonize {'yes' if daemonize else 'no'}",
+        f"pidfile {_quote(str(data_dir / _PID_FILE))}",
     ]
-    if daemonize:
-        lines.append(f"pidfile {_quote(str(data_dir / 'redis.pid'))}")
     if password is not None:
         lines.append(f"requirepass {_quote(password)}")
-    path = data_dir / "redis.conf"
+    path = data_dir / _CONF_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -455,24 +488,31 @@ class RedisServer:
         return self  # pragma: no cover - loop always returns or raises
 
     def _start_once(self) -> None:
-        if self.appendonly:
-            check_data_dir(self.data_dir, self.executable)
-        config = _write_config(
-            self.data_dir, self.port, self.appendonly, self.password, daemonize=False
-        )
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            [self.executable, str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=self.data_dir,
-            start_new_session=True,
-        )
-        try:
-            self._await_ping()
-        except BaseException:
-            self.kill()  # never leave an orphaned server behind
-            raise
+        with _locked(self.data_dir):
+            others = _redis_pids_in(self.data_dir, _read_state(self.data_dir))
+            if others:
+                raise RedisServerError(
+                    f"redis-server pid {', '.join(map(str, sorted(others)))} already serves "
+                    f"{self.data_dir}; refusing to start a second server on the same files"
+                )
+            if self.appendonly:
+                check_data_dir(self.data_dir, self.executable)
+            config = _write_config(
+                self.data_dir, self.port, self.appendonly, self.password, daemonize=False
+            )
+            self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                [self.executable, str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=self.data_dir,
+                start_new_session=True,
+            )
+            try:
+                self._await_ping()
+            except BaseException:
+                self.kill()  # never leave an orphaned server behind
+                raise
 
     def _await_ping(self) -> None:
         assert self._proc is not None
@@ -680,26 +720,164 @@ def _cwd(pid: int) -> Path | None:
         return None
 
 
-def _running(
-    data_dir: Path, password: str | None, state: _State | None, *, strict: bool = False
-) -> bool:
-    """Whether the recorded server runs and answers as ours.
+def _is_redis_process(pid: int) -> bool:
+    """Whether ``pid`` is a ``redis-server`` (its name, from procfs or else ``ps``).
 
-    With ``strict``, a recorded pid that still runs in ``data_dir`` (its working
-    directory) but does not answer as ours raises: starting a second server on
-    the same AOF files would corrupt them.
+    Debian's ``redis-server`` is a symlink to ``redis-check-rdb``; either name counts.
     """
-    if state is None or state.pid is None or not _pid_alive(state.pid):
-        return False
-    if _ours(state.port, password, data_dir):
-        return True
-    if strict and _cwd(state.pid) == data_dir:
+    names: list[str] = []
+    try:
+        names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+        names.append(os.path.basename(argv0.decode(errors="replace").split(" ", 1)[0]))
+    except OSError:
+        if Path("/proc/self").exists():
+            return False  # procfs, but the process is gone or not readable
+        try:
+            out = subprocess.run(  # noqa: S603 - fixed argv, no shell
+                ["ps", "-p", str(pid), "-o", "comm="],  # noqa: S607 - ps from PATH
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
+                timeout=5,
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return True  # cannot tell: assume the worst
+        names.append(os.path.basename(out.decode(errors="replace").strip()))
+    return any(n.startswith(("redis-server", "redis-check-rdb")) for n in names)
+
+
+def _read_pidfile(data_dir: Path) -> int | None:
+    try:
+        pid = int((data_dir / _PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 else None
+
+
+def _redis_pids_in(data_dir: Path, state: _State | None) -> set[int]:
+    """Live ``redis-server`` processes that (may) serve ``data_dir``.
+
+    A Redis server ``chdir``s to its ``dir``, so on Linux every ``redis-server``
+    process whose working directory is ``data_dir`` counts (whoever started it,
+    however). The pids in ``redis.pid`` and ``embedded.json`` count too if they
+    are a live ``redis-server`` whose working directory is ``data_dir`` or
+    cannot be read (no procfs, another user's process).
+    """
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                pid = int(entry.name)
+                if pid != os.getpid() and _is_redis_process(pid) and _cwd(pid) == data_dir:
+                    found.add(pid)
+    recorded = [_read_pidfile(data_dir), state.pid if state is not None else None]
+    for pid in (p for p in recorded if p is not None):
+        if pid in found or not _pid_alive(pid) or not _is_redis_process(pid):
+            continue
+        if _cwd(pid) in (data_dir, None):
+            found.add(pid)
+    return {pid for pid in found if _pid_alive(pid)}
+
+
+def _conf_port(data_dir: Path) -> int | None:
+    """The ``port`` in ``<data_dir>/redis.conf`` (what a hand restart with it binds)."""
+    try:
+        text = (data_dir / _CONF_FILE).read_text(errors="replace")
+    except OSError:
+        return None
+    ports = re.findall(r"^\s*port\s+(\d+)\s*$", text, re.MULTILINE)
+    return int(ports[-1]) if ports else None
+
+
+def _adopt(data_dir: Path, port: int, password: str | None, state: _State | None) -> _State | None:
+    """The record of the server on ``port`` if it answers as serving ``data_dir``."""
+    if not _ours(port, password, data_dir):
+        return None
+    client = redis.Redis(
+        host=_HOST,
+        port=port,
+        password=password,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
+    try:
+        info: dict[str, Any] = client.info("server")
+    except redis.exceptions.RedisError:
+        return None
+    finally:
+        client.close()
+    pid = info.get("process_id")
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", str(info.get("redis_version", "")))
+    version: Version | None = (int(m[1]), int(m[2]), int(m[3])) if m else None
+    return _State(
+        port=port,
+        pid=pid if type(pid) is int and pid > 0 else None,
+        executable=_running_executable(info, pid, version, state),
+        version=version,
+    )
+
+
+def _running_executable(
+    info: dict[str, Any], pid: object, version: Version | None, state: _State | None
+) -> str | None:
+    """The binary a running server was started from, if one of the candidates has
+    its version: ``INFO``'s ``executable`` (Redis makes a bare ``argv[0]`` absolute
+    against its start directory, which can be wrong), its ``argv[0]`` looked up on
+    ``PATH``, the recorded binary."""
+    candidates: list[str] = []
+    if isinstance(info.get("executable"), str):
+        candidates.append(info["executable"])
+    with contextlib.suppress(OSError):
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+        argv0 = argv0.split(" ", 1)[0]  # Redis rewrites its title to "<argv0> host:port"
+        found = argv0 if os.path.isabs(argv0) else shutil.which(argv0)
+        if found:
+            candidates.append(found)
+    if state is not None and state.executable is not None:
+        candidates.append(state.executable)
+    for candidate in candidates:
+        if not _executable(Path(candidate)):
+            continue
+        try:
+            if version is None or redis_server_version(candidate) == version:
+                return candidate
+        except RedisServerError:
+            continue
+    return None
+
+
+def _live_server(data_dir: Path, password: str | None, state: _State | None) -> _State | None:
+    """The ``redis-server`` already serving ``data_dir``, however it was started.
+
+    Tried: the port in ``embedded.json``, then the one in ``redis.conf`` (a hand
+    restart with it); one that answers ``CONFIG GET dir`` with ``data_dir`` is
+    it. ``None`` if none answers and no live ``redis-server`` serves
+    ``data_dir`` (:func:`_redis_pids_in`); if one does but cannot be confirmed
+    (``requirepass`` set, another port, still loading), raises
+    :class:`RedisServerError`: a second server on the same AOF loses data.
+    """
+    ports: list[int] = []
+    for port in (state.port if state is not None else None, _conf_port(data_dir)):
+        if port is not None and port not in ports and 0 < port < 65536 and port != _SHARED_PORT:
+            ports.append(port)
+    for port in ports:
+        adopted = _adopt(data_dir, port, password, state)
+        if adopted is not None:
+            return adopted
+    pids = _redis_pids_in(data_dir, state)
+    if pids:
+        tried = ", ".join(map(str, ports)) or "none known"
         raise RedisServerError(
-            f"redis-server pid {state.pid} still runs in {data_dir} but does not answer "
-            f"as ours on port {state.port} (wrong password?); refusing to start a second "
-            f"server on the same files; stop that process first"
+            f"redis-server pid {', '.join(map(str, sorted(pids)))} serves {data_dir} but "
+            f"does not answer as ours on the port(s) tried ({tried}) (password set? other "
+            f"port? still loading?); refusing to start a second server on the same files, "
+            f"which would lose data. Stop that process (e.g. `kill "
+            f"{min(pids)}`) or retry once it answers"
         )
-    return False
+    return None
 
 
 def _choose_executable(explicit: str | None, state: _State | None, data_dir: Path) -> str:
@@ -757,8 +935,29 @@ def ensure_embedded(
     data_dir.mkdir(parents=True, exist_ok=True)
     with _locked(data_dir):
         state = _read_state(data_dir)
-        if state is not None and _running(data_dir, password, state, strict=True):
-            return _url(state.port, password)
+        live = _live_server(data_dir, password, state)
+        if live is not None:
+            old = live.version
+            if old is not None and old < (7, 0, 0) and (data_dir / "appendonlydir").is_dir():
+                raise RedisServerError(
+                    f"the redis-server serving {data_dir} (pid {live.pid}, port "
+                    f"{live.port}) is {_v(old)}, which cannot read the "
+                    f"appendonlydir/ written by Redis >= 7.0 there: it started empty and "
+                    f"hides those events (and what it writes goes to appendonly.aof, "
+                    f"apart from them). Stop it (`kill {live.pid}`), move the "
+                    f"appendonly.aof it wrote aside, and start the server again by "
+                    f"running any shop command"
+                )
+            if live != state:
+                _log.info(
+                    "reusing the redis-server already serving %s (pid %s, port %d); %s rewritten",
+                    data_dir,
+                    live.pid,
+                    live.port,
+                    _STATE_FILE,
+                )
+                _write_state(data_dir, live)
+            return _url(live.port, password)
         exe = _choose_executable(executable, state, data_dir)
         version = check_data_dir(
             data_dir, exe, written_by=state.version if state is not None else None
@@ -813,7 +1012,7 @@ def _launch(
     reason or does not answer in time (it is then killed: an unrecorded server
     must not keep the AOF open).
     """
-    pidfile = data_dir / "redis.pid"
+    pidfile = data_dir / _PID_FILE
     with contextlib.suppress(FileNotFoundError):
         pidfile.unlink()
     config = _write_config(data_dir, port, True, password, daemonize=True)
@@ -882,10 +1081,10 @@ def stop_embedded(
     if not data_dir.is_dir():
         return False
     with _locked(data_dir):
-        state = _read_state(data_dir)
-        if state is None or state.pid is None or not _running(data_dir, password, state):
+        live = _live_server(data_dir, password, _read_state(data_dir))
+        if live is None or live.pid is None:
             return False
-        pid = state.pid
+        state, pid = live, live.pid
         if how == "kill":
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
