@@ -3,7 +3,11 @@
 - Key ``<stream>:lease`` holds the owner's id with a TTL; it is taken with
   ``SET key owner NX PX ttl`` and, in the same Lua script, a new fencing token
   is drawn with ``INCR <stream>:lease:token`` (so every acquisition has a token
-  greater than every earlier one).
+  greater than every earlier one). The token is also made greater than the
+  ``fence`` stored in the snapshot hash ``<stream>:snapshot`` (the counter is
+  set to ``fence`` first if it is behind, e.g. deleted or not copied along with
+  the stream and snapshot); a ``fence`` that is not a decimal number is an
+  :class:`~shop_adapters.errors.IntegrityError` naming the key.
 - A daemon thread renews it every ``ttl/3`` with a compare-and-set Lua script
   (``PEXPIRE`` only if the key still holds our id). If the key holds someone
   else's id, or no renewal has succeeded for a whole ``ttl``, the lease is
@@ -36,20 +40,34 @@ from typing import Any
 
 import redis
 
-from .errors import OperationalError, PermanentError
+from .errors import IntegrityError, OperationalError, PermanentError
 from .redis_errors import classify
 
 __all__ = ["Lease", "default_owner"]
 
 _log = logging.getLogger("shop.lease")
 
-# KEYS[1] lease, KEYS[2] token counter; ARGV[1] owner, ARGV[2] ttl ms.
-# Returns the new token, or 0 if someone else holds the lease.
+# KEYS[1] lease, KEYS[2] token counter, KEYS[3] snapshot hash; ARGV[1] owner,
+# ARGV[2] ttl ms. Returns {1, token}, {0, ''} if someone else holds the lease, or
+# {-1, stored fence} if the snapshot's 'fence' field is not a decimal token (then
+# the lease is not taken). The new token always exceeds the snapshot's stored
+# fence, even if the counter was deleted or the keys were copied without it: the
+# lease (SET NX) gives mutual exclusion, and every earlier holder's token is <=
+# the stored fence < the new token, so fencing still refuses stale writers.
 _ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+local fence = redis.call('HGET', KEYS[3], 'fence')
+if fence and (not string.match(fence, '^%d+$') or #fence > 15) then
+  return {-1, fence}
 end
-return 0
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {0, ''}
+end
+local token = redis.call('INCR', KEYS[2])
+if fence and token <= tonumber(fence) then
+  redis.call('SET', KEYS[2], fence)
+  token = redis.call('INCR', KEYS[2])
+end
+return {1, token}
 """
 # Returns 1 if still ours (TTL extended), 0 otherwise.
 _RENEW = """
@@ -78,7 +96,9 @@ class Lease:
     - ``stream``: the stream name; keys are ``<stream>:lease`` and ``<stream>:lease:token``;
     - ``ttl_ms``: lease time to live, milliseconds (renewed every ``ttl_ms/3``);
     - ``poll_s``: seconds between attempts while waiting for the lease;
-    - ``owner``: this holder's id (default :func:`default_owner`).
+    - ``owner``: this holder's id (default :func:`default_owner`);
+    - ``snapshot_key``: the snapshot hash whose ``fence`` every new token must
+      exceed (default ``<stream>:snapshot``).
 
     Not reentrant. Redis connection errors while acquiring surface as
     :class:`OperationalError`, permanent refusals (wrong password, DB index out
@@ -94,12 +114,14 @@ class Lease:
         ttl_ms: int = 10_000,
         poll_s: float = 0.5,
         owner: str | None = None,
+        snapshot_key: str | None = None,
     ) -> None:
         if ttl_ms < 100:
             raise ValueError(f"ttl_ms must be >= 100 (milliseconds), got {ttl_ms}")
         self.client = client
         self.key = f"{stream}:lease"
         self.token_key = f"{stream}:lease:token"
+        self.snapshot_key = snapshot_key if snapshot_key is not None else f"{stream}:snapshot"
         self.ttl_ms = ttl_ms
         self.poll_s = poll_s
         self.owner = owner or default_owner()
@@ -130,17 +152,28 @@ class Lease:
 
         Raises :class:`OperationalError` if Redis is unreachable, and
         :class:`PermanentError` if it refuses for good (wrong password, DB index
-        out of range, the lease or token key holding another type).
+        out of range, the lease or token key holding another type), and
+        :class:`IntegrityError` if the snapshot's ``fence`` field is not a
+        decimal fencing token (nothing is taken then).
         """
         try:
             raw: Any = self._acquire(
-                keys=[self.key, self.token_key], args=[self.owner, self.ttl_ms]
+                keys=[self.key, self.token_key, self.snapshot_key],
+                args=[self.owner, self.ttl_ms],
             )
         except redis.exceptions.RedisError as e:
             raise classify(e, f"lease {self.key}", self._wrong_key(e)) from e
-        token = int(raw)
-        if token == 0:
+        status, value = int(raw[0]), raw[1]
+        if status < 0:
+            text = bytes(value).decode("utf-8", "replace")
+            raise IntegrityError(
+                f"snapshot key {self.snapshot_key!r} holds a 'fence' field that is not a "
+                f"fencing token (a decimal number of at most 15 digits): {text[:60]!r}; "
+                f"inspect it (HGETALL {self.snapshot_key}) and delete the field or the key"
+            )
+        if status == 0:
             return None
+        token = int(value)
         with self._lock:
             self._token = token
         return token
@@ -155,14 +188,18 @@ class Lease:
         return None if raw is None else bytes(raw).decode("utf-8", "replace")
 
     def _wrong_key(self, error: redis.exceptions.RedisError) -> str | None:
-        """Which of our keys a WRONGTYPE reply is about (the script touches two)."""
+        """Which of our keys a WRONGTYPE reply is about (the script touches three)."""
         if "WRONGTYPE" not in str(error):
             return None
         try:
-            for key in (self.key, self.token_key):
+            for key, expected in (
+                (self.key, "string"),
+                (self.token_key, "string"),
+                (self.snapshot_key, "hash"),
+            ):
                 kind: Any = self.client.type(key)
                 kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-                if kind not in ("none", "string"):
+                if kind not in ("none", expected):
                     return key
         except redis.exceptions.RedisError:
             pass

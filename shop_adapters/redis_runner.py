@@ -180,8 +180,9 @@ def main(
     client = make_client(url, BLOCK_MS)
     refuse_own_stream(client, stream)
     log = RedisStreamLog(client, stream)
-    lease = Lease(client, stream, ttl_ms=int(lease_ttl * 1000))
-    store = RedisSnapshotStore(client, f"{stream}:snapshot", fencing_token=lease.fencing_token)
+    snapshot_key = f"{stream}:snapshot"
+    lease = Lease(client, stream, ttl_ms=int(lease_ttl * 1000), snapshot_key=snapshot_key)
+    store = RedisSnapshotStore(client, snapshot_key, fencing_token=lease.fencing_token)
 
     stop = threading.Event()
     current: list[Runner] = []
@@ -206,7 +207,7 @@ def main(
                 token = lease.acquire(
                     stop=stop, on_lost=on_lost, on_wait=on_wait, give_up_after=give_up_after
                 )
-            except (PermanentError, OperationalError) as e:
+            except (PermanentError, OperationalError, IntegrityError) as e:
                 _log.error("%s", clean_error_message(e))
                 sys.exit(1)
             if token is None:
@@ -238,6 +239,14 @@ def main(
             finally:
                 current.clear()
                 lease.release()
+            if exit_when_idle and runner.final_snapshot_error is not None:
+                _print_summary(summary, log_format)
+                _log.error(
+                    "%s: --exit-when-idle drained the log but could not save the state; "
+                    "the next start replays from the last stored snapshot",
+                    runner.final_snapshot_error,
+                )
+                sys.exit(1)
             if summary.stop_reason.startswith("abandoned"):
                 _log.warning("%s; waiting to re-acquire the lease", summary.stop_reason)
                 from_scratch = False  # the other holder's snapshot is good

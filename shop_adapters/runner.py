@@ -470,6 +470,9 @@ class Runner:
         self._logger = logger or _log
         self._stop = threading.Event()
         self._abandoned: str | None = None
+        self.final_snapshot_error: str | None = None
+        """Why the final snapshot of :meth:`run` was not written (refused by the
+        store's fencing, or still failing after 5 attempts), else ``None``."""
         self._writer = _SnapshotWriter(store, self.abandon, self._logger)
         # The fold's state: only the run() thread writes these. A Transient
         # folds batch after batch in place; an immutable ShopState is taken
@@ -521,7 +524,7 @@ class Runner:
             self._writer.close()
         if self._abandoned is None:
             self._final_snapshot()
-        else:
+        if self._abandoned is not None:  # before the loop ended, or the final write was fenced
             reason = "abandoned: " + self._abandoned
         lag = 0 if reason == "idle" else self._lag()
         summary = self._summary(reason, started, lag)
@@ -704,9 +707,15 @@ class Runner:
             return  # the stored snapshot is already this state
         snapshot = self._snapshot()
         for attempt in range(1, 6):
-            if self._writer.write(snapshot) or self._abandoned is not None:
+            if self._writer.write(snapshot):
+                return
+            if self._abandoned is not None:
+                self.final_snapshot_error = (
+                    f"final snapshot at {self.position} refused ({self._abandoned})"
+                )
                 return
             time.sleep(backoff_delay(attempt, self.backoff_base, self.backoff_cap))
+        self.final_snapshot_error = f"final snapshot at {self.position} not written"
         self._logger.error(
             "final snapshot at %s not written; the next start replays from the last one",
             self.position,

@@ -1,0 +1,142 @@
+"""The lease's token always exceeds the snapshot's stored fence (a lost or
+uncopied ``<stream>:lease:token`` must not wedge snapshots), a garbage fence is
+an IntegrityError, and a refused final snapshot under --exit-when-idle exits 1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from shop_adapters import redis_runner
+from shop_adapters.codec import Decoder, decode_snapshot, encode_event
+from shop_adapters.embedded_redis import RedisServer
+from shop_adapters.errors import FencedError, IntegrityError
+from shop_adapters.lease import Lease
+from shop_adapters.logs.memory import MemoryLog
+from shop_adapters.runner import Runner
+from shop_adapters.snapshots.redis import RedisSnapshotStore
+from shop_core import TopUp
+from tests.reliability_support import RunnerProcess, runner_argv
+
+pytestmark = pytest.mark.redis
+
+
+def topups(client: redis.Redis, stream: str, n: int) -> None:
+    for i in range(n):
+        client.xadd(stream, encode_event(TopUp(i % 7 + 1, 5)))  # type: ignore[arg-type]
+
+
+def run_idle(url: str, stream: str) -> tuple[int, str, str]:
+    argv = runner_argv(url, stream, "--exit-when-idle", "--log-format", "json")
+    with RunnerProcess(argv) as proc:
+        return proc.finish(60)
+
+
+def test_a_new_token_exceeds_the_stored_fence_when_the_counter_is_gone(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.hset("s:snapshot", mapping={b"blob": b"old", b"fence": b"14"})
+    lease = Lease(redis_client, "s", ttl_ms=1_000, poll_s=0.01)
+    assert lease.try_acquire() == 15
+    assert redis_client.get("s:lease:token") == b"15"
+    store = RedisSnapshotStore(redis_client, "s:snapshot", fencing_token=lease.fencing_token)
+    store.write(b"new")
+    assert store.read() == b"new" and store.stored_fence() == 15
+    lease.release()
+    # A counter ahead of the fence is simply incremented.
+    redis_client.set("s:lease:token", b"40")
+    assert lease.try_acquire() == 41
+    lease.release()
+
+
+def test_a_garbage_fence_is_an_integrity_error_and_takes_nothing(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.hset("s:snapshot", mapping={b"blob": b"old", b"fence": b"fourteen"})
+    lease = Lease(redis_client, "s", ttl_ms=1_000, poll_s=0.01)
+    with pytest.raises(IntegrityError, match=r"'s:snapshot'.*fence"):
+        lease.acquire(give_up_after=1.0)
+    assert redis_client.get("s:lease") is None
+    assert redis_client.get("s:lease:token") is None
+
+
+def test_the_runner_snapshots_after_the_token_counter_was_deleted(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    topups(redis_client, "orders", 20)
+    for _ in range(3):  # fence 3
+        code, _, err = run_idle(redis_server.url, "orders")
+        assert code == 0, err[-3000:]
+        topups(redis_client, "orders", 1)
+    redis_client.delete("orders:lease:token")
+    code, out, err = run_idle(redis_server.url, "orders")
+    assert code == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["snapshots_written"] == 1 and summary["stop_reason"] == "idle"
+    assert "fencing token 4" in err
+    blob = RedisSnapshotStore(redis_client, "orders:snapshot").read()
+    assert str(decode_snapshot(blob or b"").unwrap().position) == summary["last_position"]
+
+
+def test_the_runner_exits_1_on_a_garbage_fence(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    topups(redis_client, "orders", 3)
+    redis_client.hset("orders:snapshot", mapping={b"blob": b"x", b"fence": b"garbage"})
+    code, _, err = run_idle(redis_server.url, "orders")
+    assert code == 1
+    assert "IntegrityError" in err and "'orders:snapshot'" in err
+    assert "Traceback" not in err
+
+
+def test_a_fenced_final_snapshot_is_reported_by_the_runner() -> None:
+    log = MemoryLog()
+    log.append([encode_event(TopUp(1, 5))])  # type: ignore[list-item]
+
+    class Refusing:
+        def read(self) -> bytes | None:
+            return None
+
+        def write(self, blob: bytes) -> None:
+            raise FencedError("fencing token 1 is older than 14")
+
+        def close(self) -> None:
+            pass
+
+    runner = Runner(log, Refusing(), Decoder(), progress=False)
+    summary = runner.run(exit_when_idle=True)
+    assert summary.snapshots_written == 0
+    assert summary.stop_reason.startswith("abandoned: fenced")
+    assert runner.final_snapshot_error is not None
+    assert "older than 14" in runner.final_snapshot_error
+
+
+def test_exit_when_idle_exits_1_when_the_final_snapshot_is_fenced(
+    redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topups(redis_client, "orders", 5)
+
+    class Overtaken(RedisSnapshotStore):
+        """Another runner writes a newer fence just before our write."""
+
+        def write(self, blob: bytes) -> None:
+            self.client.hset(self.key, b"fence", b"999")
+            super().write(blob)
+
+    monkeypatch.setattr(redis_runner, "RedisSnapshotStore", Overtaken)
+    result = CliRunner().invoke(
+        redis_runner.main,
+        [
+            "--redis-url",
+            redis_server.url,
+            "--exit-when-idle",
+            "--no-progress",
+            "--log-format",
+            "json",
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["snapshots_written"] == 0
