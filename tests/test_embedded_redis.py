@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Literal
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from shop_adapters.embedded_redis import (
     SERVER_ENV_VAR,
@@ -25,6 +31,7 @@ from shop_adapters.embedded_redis import (
     redis_server_version,
     stop_embedded,
 )
+from shop_adapters.embedded_redis import _redis_pids_in as _redis_pids_in
 
 pytestmark = pytest.mark.redis
 
@@ -302,3 +309,162 @@ def test_a_taken_port_moves_the_server_with_a_warning(
         assert ensure_embedded(tmp_path) == moved  # and the new port is the one kept
     finally:
         stop_embedded(tmp_path, how="kill")
+
+
+# --- one server per data dir, however the last one was started ------------------------
+
+
+def _kill_every_server_in(data_dir: Path) -> None:
+    """Test cleanup: no redis-server may outlive a test, recorded or not."""
+    with contextlib.suppress(RedisServerError):
+        stop_embedded(data_dir, how="kill")
+    pids = set(_redis_pids_in(data_dir.resolve(), None))
+    with contextlib.suppress(OSError, ValueError):
+        pids.add(int((data_dir / "redis.pid").read_text()))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _redis_pids_in(data_dir.resolve(), None) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _servers_in(data_dir: Path) -> set[int]:
+    return _redis_pids_in(data_dir.resolve(), None)
+
+
+def _produce(cwd: Path, seed: int) -> None:
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "shop_adapters.producer", "synthetic"),
+            *("--events", "100", "--users", "5", "--items", "2", "--seed", str(seed)),
+        ],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def _hand_restart(data_dir: Path) -> int:
+    """What the README's user did: SHUTDOWN, then ``redis-server .shop-data/redis.conf``."""
+    state = json.loads((data_dir / "embedded.json").read_text())
+    client = redis.Redis(port=state["port"], retry=Retry(NoBackoff(), 0))
+    with contextlib.suppress(redis.ConnectionError):
+        client.shutdown(nosave=True)
+    client.close()
+    deadline = time.monotonic() + 10
+    while _servers_in(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    subprocess.run([state["executable"], str(data_dir / "redis.conf")], check=True, timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = _servers_in(data_dir)
+        if pids and (data_dir / "redis.pid").is_file():
+            with contextlib.suppress(redis.ConnectionError):
+                if redis.Redis(port=state["port"]).ping():
+                    return pids.pop()
+        time.sleep(0.02)
+    raise AssertionError("the hand-started redis-server did not come up")
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_lost_state_file_reuses_the_running_server(
+    tmp_path: Path, damage: Literal["missing", "corrupt"]
+) -> None:
+    """The reported repro: embedded.json removed between two producer runs."""
+    data = tmp_path / ".shop-data"
+    try:
+        _produce(tmp_path, 1)
+        first = json.loads((data / "embedded.json").read_text())
+        assert _servers_in(data) == {first["pid"]}
+        if damage == "missing":
+            (data / "embedded.json").unlink()
+        else:
+            (data / "embedded.json").write_text('{"port": ')
+        _produce(tmp_path, 2)
+        assert _servers_in(data) == {first["pid"]}  # no second server on the same AOF
+        second = json.loads((data / "embedded.json").read_text())
+        assert (second["port"], second["pid"]) == (first["port"], first["pid"])
+        assert redis_server_version(second["executable"]) == redis_server_version(
+            first["executable"]
+        )
+        client = redis.Redis(port=first["port"])
+        assert client.xlen("orders") == 200
+        client.close()
+    finally:
+        _kill_every_server_in(data)
+    assert not _servers_in(data)
+
+
+@pytest.mark.parametrize("lose_state", [False, True])
+def test_a_server_restarted_by_hand_is_reused_on_its_port(
+    tmp_path: Path,
+    lose_state: bool,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(logging.getLogger("shop"), "propagate", True)
+    try:
+        url = ensure_embedded(tmp_path)
+        redis.Redis.from_url(url).set("k", "v")
+        pid = _hand_restart(tmp_path)
+        if lose_state:
+            (tmp_path / "embedded.json").unlink()  # found through redis.conf's port
+        with caplog.at_level(logging.WARNING, logger="shop.embedded_redis"):
+            assert ensure_embedded(tmp_path) == url
+        assert "taken by another process" not in caplog.text
+        assert json.loads((tmp_path / "embedded.json").read_text())["pid"] == pid
+        assert _servers_in(tmp_path) == {pid}
+        assert redis.Redis.from_url(url).get("k") == b"v"
+        assert stop_embedded(tmp_path) is True  # the adopted server is stopped too
+        assert not _servers_in(tmp_path)
+    finally:
+        _kill_every_server_in(tmp_path)
+
+
+def test_a_running_server_that_cannot_be_confirmed_is_refused(tmp_path: Path) -> None:
+    try:
+        ensure_embedded(tmp_path)
+        conf = tmp_path / "redis.conf"
+        _hand_restart(tmp_path)
+        # Restarted by hand with a password the caller does not know.
+        pid = _servers_in(tmp_path).pop()
+        os.kill(pid, signal.SIGKILL)
+        while _servers_in(tmp_path):
+            time.sleep(0.02)
+        conf.write_text(conf.read_text() + 'requirepass "hunter2"\n')
+        exe = json.loads((tmp_path / "embedded.json").read_text())["executable"]
+        subprocess.run([exe, str(conf)], check=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "redis.pid").is_file() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (tmp_path / "embedded.json").unlink()
+        with pytest.raises(RedisServerError, match="refusing to start a second server"):
+            ensure_embedded(tmp_path)
+        with pytest.raises(RedisServerError, match="refusing to start a second server"):
+            RedisServer(data_dir=tmp_path).start()
+        assert len(_servers_in(tmp_path)) == 1
+    finally:
+        _kill_every_server_in(tmp_path)
+
+
+def test_a_redis_6_aof_converted_by_redis_7_is_warned_about(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    r7 = _redis7()
+    with RedisServer(data_dir=tmp_path, executable=_bundled()) as server:
+        server.client().set("k", "v")
+    assert (tmp_path / "appendonly.aof").is_file()
+    assert not (tmp_path / "embedded.json").exists()
+    clean_env.setenv(SERVER_ENV_VAR, r7)
+    clean_env.setattr(logging.getLogger("shop"), "propagate", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="shop.embedded_redis"):
+            url = ensure_embedded(tmp_path)
+        v6, v7 = redis_server_version(_bundled()), redis_server_version(r7)
+        assert "one-way" in caplog.text
+        assert ".".join(map(str, v7)) in caplog.text and f"Redis {v6[0]}." in caplog.text
+        assert redis.Redis.from_url(url).get("k") == b"v"
+    finally:
+        _kill_every_server_in(tmp_path)
