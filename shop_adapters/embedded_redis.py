@@ -918,6 +918,15 @@ def ensure_embedded(
     server is never mistaken for ours). Concurrent callers serialize on
     ``flock(<data_dir>/embedded.lock)``.
 
+    Never two servers on one data directory: before starting, a server already
+    serving it is looked for however it was started (``embedded.json`` lost or
+    corrupt, or a hand restart with ``redis-server <data_dir>/redis.conf``): the
+    ports in ``embedded.json`` and ``redis.conf`` are asked ``CONFIG GET dir``,
+    and on Linux every ``redis-server`` whose working directory is ``data_dir``
+    counts, as do live pids in ``redis.pid``/``embedded.json``. One that answers
+    is reused and recorded; one that runs but cannot be confirmed (e.g.
+    ``requirepass`` set) raises :class:`RedisServerError`.
+
     Starting (again) after a crash, reboot or ``SHUTDOWN``:
 
     - binary: ``executable`` if given, else ``$SHOP_REDIS_SERVER``, else the
