@@ -12,7 +12,8 @@ passwords in the URL are fine and never logged), else an embedded
 
 Exit status: 0 after ``--exit-when-idle`` drained the log, or after SIGINT /
 SIGTERM (a final snapshot is written first; also while still waiting for the
-lease: "stopped while waiting for the lease"); 1, with one error line and no
+lease: "stopped while waiting for the lease"; a second signal during the final
+snapshot or the shutdown only logs "already stopping"); 1, with one error line and no
 traceback, if the log is discontinuous (:class:`~shop_adapters.errors.GapError`,
 :class:`~shop_adapters.errors.IntegrityError`), if Redis refuses for good
 (:class:`~shop_adapters.errors.PermanentError`: wrong password, DB index out
@@ -53,7 +54,7 @@ from .redis_errors import classify, refuse_own_stream
 from .runner import Runner, Summary
 from .snapshots.redis import RedisSnapshotStore
 
-__all__ = ["main", "stream_records_total"]
+__all__ = ["entry", "main", "stream_records_total"]
 
 _log = logging.getLogger("shop.redis_runner")
 BLOCK_MS = 1_000
@@ -168,6 +169,20 @@ def main(
     (wrong password, DB index out of range, a key of another type) or stays
     unreachable for --give-up-after seconds; 2 for bad options.
     """
+    stop = threading.Event()
+    current: list[Runner] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            # Stays installed: a second signal must not kill the final snapshot.
+            _log.warning("%s: already stopping", signal.Signals(signum).name)
+            return
+        stop.set()
+        for r in list(current):
+            r.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     setup_logging(log_format)
     if give_up_after is None and exit_when_idle:
         give_up_after = GIVE_UP_AFTER_IDLE
@@ -184,14 +199,6 @@ def main(
     lease = Lease(client, stream, ttl_ms=int(lease_ttl * 1000), snapshot_key=snapshot_key)
     store = RedisSnapshotStore(client, snapshot_key, fencing_token=lease.fencing_token)
 
-    stop = threading.Event()
-    current: list[Runner] = []
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-        for r in list(current):
-            r.stop()
-
     def on_lost(reason: str) -> None:
         for r in list(current):
             r.abandon(f"lease lost: {reason}")
@@ -199,8 +206,6 @@ def main(
     def on_wait(holder: str | None) -> None:
         _log.info("lease %s held by %s: waiting for it", lease.key, holder)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     try:
         while not stop.is_set():
             try:
@@ -259,5 +264,18 @@ def main(
         store.close()
 
 
+def entry() -> None:
+    """The ``shop-runner`` script: :func:`main`, then SIGINT and SIGTERM ignored
+    while the interpreter exits. (At shutdown Python resets a signal whose
+    handler is a Python function to the default action, so a second signal
+    arriving then would kill the process with status -15/143 after the final
+    snapshot was written; an ignored signal stays ignored.)"""
+    try:
+        main()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 if __name__ == "__main__":
-    main()
+    entry()
