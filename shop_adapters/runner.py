@@ -631,6 +631,12 @@ class Runner:
                         records = self.log.read_after(self.position, self.batch_size)
                     else:
                         records = self.log.wait_after(self.position, self.batch_size, self.block_ms)
+                    if attempt:
+                        # Logged before the batch is applied: the position named
+                        # is the last one applied before the outage.
+                        self._logger.info("reconnected; resuming after %s", self.position)
+                        attempt = 0
+                        self._failing_since = None
                     if records:
                         self._apply(records)
                 except OperationalError as e:
@@ -638,10 +644,6 @@ class Runner:
                     if not self._back_off(attempt, e):
                         break
                     continue
-                if attempt:
-                    self._logger.info("reconnected; resuming after %s", self.position)
-                    attempt = 0
-                    self._failing_since = None
                 if records:
                     if bar is not None:
                         bar.update(len(records))

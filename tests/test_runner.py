@@ -191,6 +191,31 @@ def test_reconnects_and_resumes_without_losing_or_repeating_a_record() -> None:
     assert summary.digest == state_digest(fold(EVENTS))
 
 
+def test_the_reconnect_log_names_the_position_before_the_first_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inner = make_log([TopUp(1, 5), TopUp(2, 5)])
+
+    class OneOutage:
+        failed = False
+
+        def read_after(self, position: Position, limit: int) -> list[Record]:
+            if position == Position(2, 0) and not OneOutage.failed:
+                OneOutage.failed = True
+                inner.append([encode_event(TopUp(3, 5))])  # type: ignore[list-item]
+                raise OperationalError("connection reset (test)")
+            return inner.read_after(position, limit)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+    with caplog.at_level(logging.INFO, logger="shop.runner"):
+        summary = runner(OneOutage(), MemorySnapshotStore(), batch_size=2).run(exit_when_idle=True)
+    assert summary.events_applied == 3
+    lines = [r.getMessage() for r in caplog.records if "reconnected" in r.getMessage()]
+    assert lines == ["reconnected; resuming after 2-0"]
+
+
 def test_gives_up_after_max_retries() -> None:
     log = FlakyLog(make_log(EVENTS), p=1.0)
     with pytest.raises(OperationalError):
