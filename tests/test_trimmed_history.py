@@ -118,3 +118,32 @@ def test_from_scratch_after_deleting_the_newest_records_on_a_real_server(
     assert "GapError" in err and "history is incomplete" in err and ids[-1].decode() in err
     assert "Traceback" not in err
     assert redis_client.hget("orders:snapshot", b"blob") == before
+
+
+def test_inspect_after_a_minid_trim_at_the_snapshot(
+    fake7: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = fill(fake7)
+    Runner(
+        RedisStreamLog(fake7, "orders"),
+        RedisSnapshotStore(fake7, "orders:snapshot"),
+        Decoder(),
+        progress=False,
+    ).run(exit_when_idle=True)
+    snap_at = ids[-1].decode()
+    fake7.xtrim("orders", minid=snap_at, approximate=False)  # as the README recommends
+    later = fill(fake7, n=3)
+    fake7.xdel("orders", later[1])  # a record after the snapshot deleted too
+    monkeypatch.setattr(inspect_cli, "make_client", lambda *a, **k: fake7)
+    cli = CliRunner()
+    verify = cli.invoke(inspect_cli.cli, ["--redis-url", "redis://unused", "verify"])
+    assert verify.exit_code == 1
+    assert f"cannot verify the snapshot at {snap_at}" in verify.output
+    assert "rebuild from scratch is impossible" in verify.output
+    assert "--from-scratch" not in verify.output
+    at = cli.invoke(inspect_cli.cli, ["--redis-url", "redis://unused", "state", "--at", snap_at])
+    assert at.exit_code == 0, at.output
+    assert f"position: {snap_at}" in at.output and "from: snapshot" in at.output
+    # Folding over the deleted record is still refused.
+    beyond = cli.invoke(inspect_cli.cli, ["--redis-url", "redis://unused", "state"])
+    assert beyond.exit_code == 1 and "GapError" in beyond.output
