@@ -214,7 +214,8 @@ def state(obj: _Ctx, as_json: bool, at: str | None) -> None:
             click.echo(f"warning: stream {obj.stream} does not exist or is empty", err=True)
         if snap is not None and until is not None and until == snap.position:
             # The snapshot is the answer: nothing is folded, so no gap matters.
-            result, position, outcomes, dead = snap.state, snap.position, Outcomes(), []
+            no_letters: list[DeadLetter] = []
+            result, position, outcomes, dead = snap.state, snap.position, Outcomes(), no_letters
         else:
             result, position, outcomes, dead = replay(
                 obj.log, obj.decoder, start, after, until=until
@@ -262,8 +263,9 @@ def verify(obj: _Ctx) -> None:
             return
         rebuilt, position, outcomes, dead = replay(obj.log, obj.decoder, until=snap.position)
     except GapError as e:
+        at = "?" if snap is None else str(snap.position)
         _fail(
-            f"GapError: cannot verify the snapshot at {snap.position}: the stream's history "
+            f"GapError: cannot verify the snapshot at {at}: the stream's history "
             f"is incomplete (records before it were trimmed or deleted: {_gap_detail(e)}), so "
             "a rebuild from scratch is impossible. This is expected after XTRIM MINID "
             "<snapshot position>; the runner still resumes from the snapshot"
