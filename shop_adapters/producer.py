@@ -51,9 +51,31 @@ from .redis_errors import refuse_own_stream
 from .retail_csv import map_rows, read_csv
 from .workload import synthetic_events
 
-__all__ = ["append_events", "cli", "parse_line"]
+__all__ = ["AppendInterrupted", "append_events", "cli", "parse_line"]
 
 _log = logging.getLogger("shop.producer")
+
+
+class AppendInterrupted(OperationalError):
+    """The log failed part-way through :func:`append_events`.
+
+    ``appended``: events appended (and acknowledged) before the failure;
+    ``last``: the last acknowledged position (``None`` if none); ``in_flight``:
+    size of the chunk being written, which may or may not have landed (nothing
+    is retried, so nothing lands twice).
+    """
+
+    def __init__(
+        self, appended: int, last: Position | None, in_flight: int, cause: Exception
+    ) -> None:
+        self.appended, self.last, self.in_flight = appended, last, in_flight
+        where = f" (last at {last})" if last is not None else ""
+        super().__init__(
+            f"{str(cause).rstrip('. ')}; {appended} events were appended before the "
+            f"failure{where}; the chunk of {in_flight} being written may or may not have "
+            "landed (nothing is retried, so nothing is appended twice): check the "
+            "stream's last entries before re-running"
+        )
 
 
 def append_events(
@@ -69,8 +91,10 @@ def append_events(
     ``rate``: at most this many events per second (``None``: as fast as the
     log takes them). ``total`` sizes the tqdm bar (stderr; shown when stderr
     is a terminal unless ``progress`` says otherwise). Returns ``(events
-    appended, last position)``. Raises ``OperationalError`` from the log; the
-    events of earlier chunks stay appended.
+    appended, last position)``. Raises :class:`AppendInterrupted` (an
+    ``OperationalError``) when the log fails: the events of earlier chunks stay
+    appended and their count is in the error; the chunk being written may or
+    may not have landed.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
@@ -82,7 +106,10 @@ def append_events(
     with tqdm(total=total, unit="ev", desc="append", disable=disable) as bar:
         while batch := list(itertools.islice(it, chunk)):
             entries = [encode_event(e) for e in batch]
-            positions = log.append(cast(list[Mapping[str | bytes, str | bytes | int]], entries))
+            try:
+                positions = log.append(cast(list[Mapping[str | bytes, str | bytes | int]], entries))
+            except OperationalError as e:
+                raise AppendInterrupted(n, last, len(batch), e) from e
             n += len(batch)
             if positions:
                 last = positions[-1]
@@ -155,11 +182,7 @@ def _append(ctx: click.Context, events: list[Event] | Iterable[Event], **kw: obj
     try:
         n, last = append_events(log, events, **kw)  # type: ignore[arg-type]
     except OperationalError as e:
-        raise click.ClickException(
-            f"Redis unreachable: {e}. The chunk being written when the connection "
-            "failed may or may not have been appended (nothing is retried, so nothing "
-            "is appended twice); check the stream's last entries before re-running"
-        ) from e
+        raise click.ClickException(f"Redis unreachable: {e}") from e
     click.echo(f"appended {n} events to {log.stream}" + (f", last at {last}" if last else ""))
     return n
 
