@@ -49,12 +49,17 @@ _log = logging.getLogger("shop.lease")
 
 # KEYS[1] lease, KEYS[2] token counter, KEYS[3] snapshot hash; ARGV[1] owner,
 # ARGV[2] ttl ms. Returns {1, token}, {0, ''} if someone else holds the lease, or
-# {-1, stored fence} if the snapshot's 'fence' field is not a decimal token (then
-# the lease is not taken). The new token always exceeds the snapshot's stored
-# fence, even if the counter was deleted or the keys were copied without it: the
-# lease (SET NX) gives mutual exclusion, and every earlier holder's token is <=
+# {-1, stored fence} if the snapshot's 'fence' field is not a decimal token, or
+# {-2, type} if the snapshot key is not a hash (then the lease is not taken).
+# The new token always exceeds the snapshot's stored fence, even if the counter
+# was deleted or the keys were copied without it: the lease (SET NX) gives mutual
+# exclusion, and every earlier holder's token is <=
 # the stored fence < the new token, so fencing still refuses stale writers.
 _ACQUIRE = """
+local kind = redis.call('TYPE', KEYS[3])['ok']
+if kind ~= 'none' and kind ~= 'hash' then
+  return {-2, kind}
+end
 local fence = redis.call('HGET', KEYS[3], 'fence')
 if fence and (not string.match(fence, '^%d+$') or #fence > 15) then
   return {-1, fence}
@@ -164,6 +169,13 @@ class Lease:
         except redis.exceptions.RedisError as e:
             raise classify(e, f"lease {self.key}", self._wrong_key(e)) from e
         status, value = int(raw[0]), raw[1]
+        if status == -2:
+            kind = bytes(value).decode("utf-8", "replace")
+            raise IntegrityError(
+                f"snapshot key {self.snapshot_key!r} holds a value that is not a hash "
+                f"(a {kind}); it is not a shop snapshot and is never read as one: "
+                f"inspect it (TYPE/DUMP {self.snapshot_key}) and delete it"
+            )
         if status < 0:
             text = bytes(value).decode("utf-8", "replace")
             raise IntegrityError(
