@@ -291,7 +291,7 @@ def _markdown(results: Results, plot_name: str) -> str:
                 f"{rss['backend']} log in a child process: **{rep['maxrss_bytes'] / 2**20:,.0f} "
                 f"MiB** (an idle child that opened the same log: "
                 f"{base['maxrss_bytes'] / 2**20:,.0f} MiB; excess "
-                f"{(rep['maxrss_bytes'] - base['maxrss_bytes']) / 2**20:,.0f} MiB; that "
+                f"{max(0, rep['maxrss_bytes'] - base['maxrss_bytes']) / 2**20:,.0f} MiB; that "
                 f"fresh process replayed at {_rate(rep['events'], rep['seconds'])} ev/s, "
                 "runner's loop, one run). Method: "
                 "`VmHWM` (peak RSS) from `/proc/self/status` in the child."
