@@ -125,11 +125,39 @@ def first_difference(expected: ShopState, actual: ShopState) -> str | None:
 
 
 class _Ctx:
-    def __init__(self, log: EventLog, store: SnapshotStore, decoder: Decoder, stream: str) -> None:
+    """The command's log and store, connected on first use, so ``--help`` (and a
+    usage error) never starts the embedded Redis or opens a connection."""
+
+    def __init__(
+        self, redis_url: str | None, data_dir: Path, decoder: Decoder, stream: str
+    ) -> None:
         self.stream = stream
-        self.log = log
-        self.store = store
         self.decoder = decoder
+        self._redis_url = redis_url
+        self._data_dir = data_dir
+        self._log: RedisStreamLog | None = None
+        self._store: RedisSnapshotStore | None = None
+
+    def _connect(self) -> tuple[RedisStreamLog, RedisSnapshotStore]:
+        if self._log is None or self._store is None:
+            url = resolve_url(self._redis_url, self._data_dir)
+            _log.info("stream %s at %s", self.stream, mask_url(url))
+            client = make_client(url)
+            self._log = RedisStreamLog(client, self.stream)
+            self._store = RedisSnapshotStore(client, f"{self.stream}:snapshot")
+        return self._log, self._store
+
+    @property
+    def log(self) -> EventLog:
+        return self._connect()[0]
+
+    @property
+    def store(self) -> SnapshotStore:
+        return self._connect()[1]
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.client.close()
 
 
 @click.group(cls=CleanErrorsGroup)
@@ -154,13 +182,8 @@ def cli(
         decoder = Decoder(load_price_list(price_list)) if price_list else Decoder()
     except (OSError, ValueError, TypeError) as e:
         raise click.BadParameter(str(e), param_hint="--price-list") from e
-    url = resolve_url(redis_url, data_dir)
-    _log.info("stream %s at %s", stream, mask_url(url))
-    client = make_client(url)
-    log = RedisStreamLog(client, stream)
-    store = RedisSnapshotStore(client, f"{stream}:snapshot")
-    ctx.obj = _Ctx(log, store, decoder, stream)
-    ctx.call_on_close(client.close)
+    ctx.obj = _Ctx(redis_url, data_dir, decoder, stream)
+    ctx.call_on_close(ctx.obj.close)
 
 
 def _gap_detail(error: GapError) -> str:

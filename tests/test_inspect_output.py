@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 import redis
@@ -76,7 +77,13 @@ def test_state_of_a_missing_stream_warns_and_exits_0(
     assert present.exit_code == 0 and "does not exist" not in present.stderr
 
 
-def test_the_help_documents_the_output_formats() -> None:
+def test_the_help_documents_the_output_formats_and_connects_to_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REDIS_URL", raising=False)
     for command, needle in (("dead-letters", "base64"), ("state", "digest"), ("verify", "Exit 0")):
         shown = CliRunner().invoke(inspect_cli.cli, [command, "--help"])
         assert needle in shown.output, shown.output
+    # --help must not start the embedded Redis in ./.shop-data.
+    assert not (tmp_path / ".shop-data").exists()
