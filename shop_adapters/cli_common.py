@@ -70,6 +70,7 @@ class FiniteFloat(click.FloatRange):
     name = "finite float"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The float, or a usage error for ``nan``/``inf`` or outside the range."""
         number = click.FLOAT.convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number of seconds or units", param, ctx)
@@ -85,25 +86,23 @@ def clean_error_message(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
-def _invoke_cleanly(invoke: Callable[[click.Context], Any], ctx: click.Context) -> Any:
-    try:
-        return invoke(ctx)
-    except (ShopError, redis.exceptions.RedisError) as e:
-        raise click.ClickException(clean_error_message(e)) from e
+class _CleanErrors(click.Command):
+    """Mixin: shop and Redis errors escaping ``invoke`` end it with one line, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """``click.Command.invoke`` (or the group's), with those errors as ``ClickException``."""
+        try:
+            return super().invoke(ctx)
+        except (ShopError, redis.exceptions.RedisError) as e:
+            raise click.ClickException(clean_error_message(e)) from e
 
 
-class CleanErrorsCommand(click.Command):
+class CleanErrorsCommand(_CleanErrors):
     """A command whose shop and Redis errors end it with one line and exit 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
-        return _invoke_cleanly(super().invoke, ctx)
 
-
-class CleanErrorsGroup(click.Group):
+class CleanErrorsGroup(_CleanErrors, click.Group):
     """A group whose subcommands' shop and Redis errors end them with one line, exit 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        return _invoke_cleanly(super().invoke, ctx)
 
 
 def _nonempty_stream(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -221,6 +220,7 @@ class TextFormatter(logging.Formatter):
     """``2024-01-01T12:00:00Z INFO shop.runner message key=value ...``."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one text line (plus a traceback if it carries one)."""
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         line = f"{ts}Z {record.levelname} {record.name} {record.getMessage()}"
         fields = getattr(record, "fields", None)
@@ -239,6 +239,7 @@ class JsonFormatter(logging.Formatter):
     ``msg``, then the record's ``fields`` (and ``exc`` for an exception)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line."""
         out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",

@@ -384,15 +384,22 @@ def _url(port: int, password: str | None) -> str:
     return f"redis://{auth}{_HOST}:{port}/0"
 
 
-def _ping(port: int, password: str | None, timeout_s: float = 0.5) -> bool:
-    client = redis.Redis(
+def _probe_client(port: int, password: str | None, timeout_s: float, **kwargs: Any) -> redis.Redis:
+    """A client for our own checks on ``port``: short timeouts (seconds) and no
+    automatic retry (a probe that fails must say so at once)."""
+    return redis.Redis(
         host=_HOST,
         port=port,
         password=password,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
+        **kwargs,
     )
+
+
+def _ping(port: int, password: str | None, timeout_s: float = 0.5) -> bool:
+    client = _probe_client(port, password, timeout_s)
     try:
         return bool(client.ping())
     except redis.exceptions.RedisError:
@@ -636,14 +643,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _ours(port: int, password: str | None, data_dir: Path) -> bool:
     """Whether the server on ``port`` answers and keeps its files in ``data_dir``."""
-    client = redis.Redis(
-        host=_HOST,
-        port=port,
-        password=password,
-        socket_timeout=1.0,
-        socket_connect_timeout=1.0,
-        retry=Retry(NoBackoff(), 0),
-    )
+    client = _probe_client(port, password, 1.0)
     try:
         reply: dict[Any, Any] = client.config_get("dir")
     except redis.exceptions.RedisError:
@@ -794,15 +794,7 @@ def _adopt(data_dir: Path, port: int, password: str | None, state: _State | None
     """The record of the server on ``port`` if it answers as serving ``data_dir``."""
     if not _ours(port, password, data_dir):
         return None
-    client = redis.Redis(
-        host=_HOST,
-        port=port,
-        password=password,
-        socket_timeout=1.0,
-        socket_connect_timeout=1.0,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
-    )
+    client = _probe_client(port, password, 1.0, decode_responses=True)
     try:
         info: dict[str, Any] = client.info("server")
     except redis.exceptions.RedisError:
@@ -1098,13 +1090,8 @@ def stop_embedded(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         else:
-            client = redis.Redis(
-                host=_HOST,
-                port=state.port,
-                password=password,
-                socket_timeout=2.0,
-                retry=Retry(NoBackoff(), 0),  # the reply to SHUTDOWN is a closed socket
-            )
+            # No retry: the reply to SHUTDOWN is a closed socket.
+            client = _probe_client(state.port, password, 2.0)
             try:
                 client.shutdown(nosave=True)
             except redis.exceptions.RedisError:

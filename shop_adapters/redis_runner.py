@@ -68,11 +68,9 @@ def stream_records_total(client: redis.Redis, stream: str) -> int:
     Source: Redis XINFO STREAM docs."""
     try:
         info: Any = client.xinfo_stream(stream)
-    except redis.exceptions.ResponseError as e:
-        if "no such key" in str(e).lower():
-            return 0
-        raise classify(e, "XINFO STREAM", stream) from e
     except redis.exceptions.RedisError as e:
+        if isinstance(e, redis.exceptions.ResponseError) and "no such key" in str(e).lower():
+            return 0
         raise classify(e, "XINFO STREAM", stream) from e
     added = info.get("entries-added", info.get(b"entries-added"))
     return int(added if added is not None else info.get("length", 0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +23,7 @@ from shop_adapters.redis_errors import classify
 from shop_adapters.runner import Runner
 from shop_adapters.snapshots.memory import MemorySnapshotStore
 from shop_core import TopUp
-from tests.reliability_support import REPO, RunnerProcess, runner_argv
+from tests.reliability_support import RunnerProcess, run_module, runner_argv
 
 PASSWORD = "right-horse-battery"
 REFUSED = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused
@@ -159,15 +158,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
         yield server
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
+run = run_module
 
 
 def url(server: RedisServer, password: str = PASSWORD, db: int = 0) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,14 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from reliability_support import REPO, RunnerProcess, fold_digest, run_to_idle, runner_argv
+from reliability_support import (
+    REPO,
+    RunnerProcess,
+    fold_digest,
+    run_module,
+    run_to_idle,
+    runner_argv,
+)
 
 from shop_adapters.cli_common import make_client
 from shop_adapters.embedded_redis import RedisServer, find_redis_server
@@ -85,15 +91,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
         yield s
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-        check=False,
-    )
+cli = run_module
 
 
 @pytest.mark.redis

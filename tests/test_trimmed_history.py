@@ -78,16 +78,21 @@ def test_a_complete_stream_and_a_missing_one_fold_from_scratch(
     assert replay(empty, Decoder())[1] == (0, 0)
 
 
+def _drain(client: fakeredis.FakeRedis) -> None:
+    """Run a runner over ``orders`` until idle (it writes the snapshot)."""
+    Runner(
+        RedisStreamLog(client, "orders"),
+        RedisSnapshotStore(client, "orders:snapshot"),
+        Decoder(),
+        progress=False,
+    ).run(exit_when_idle=True)
+
+
 def test_inspect_verify_and_state_report_a_trimmed_history(
     fake7: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = fill(fake7)
-    Runner(
-        RedisStreamLog(fake7, "orders"),
-        RedisSnapshotStore(fake7, "orders:snapshot"),
-        Decoder(),
-        progress=False,
-    ).run(exit_when_idle=True)
+    _drain(fake7)
     fake7.xtrim("orders", maxlen=2, approximate=False)
     monkeypatch.setattr(inspect_cli, "make_client", lambda *a, **k: fake7)
     cli = CliRunner()
@@ -124,12 +129,7 @@ def test_inspect_after_a_minid_trim_at_the_snapshot(
     fake7: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = fill(fake7)
-    Runner(
-        RedisStreamLog(fake7, "orders"),
-        RedisSnapshotStore(fake7, "orders:snapshot"),
-        Decoder(),
-        progress=False,
-    ).run(exit_when_idle=True)
+    _drain(fake7)
     snap_at = ids[-1].decode()
     fake7.xtrim("orders", minid=snap_at, approximate=False)  # as the README recommends
     later = fill(fake7, n=3)

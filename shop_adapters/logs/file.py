@@ -66,6 +66,7 @@ from typing import Any, Literal, NamedTuple
 import crc32c
 import msgpack
 
+from .._fs import fsync_dir
 from ..errors import IntegrityError
 from ..protocols import ORIGIN, DeadLetter, Position, Record
 from ._common import check_limit, check_timeout, encode_entries
@@ -186,7 +187,7 @@ class _Framed:
         existed = path.exists()
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         if not existed:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         self.offsets: array[int] = array("q")
         self.end = 0
         with self.flock():
@@ -290,14 +291,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _encode_dead(letter: DeadLetter) -> bytes:

@@ -39,15 +39,14 @@ idempotency key such as ``order_id`` where a duplicate matters).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import redis
 
 from ..protocols import ORIGIN, DeadLetter, Position, Record
-from ..redis_errors import classify
+from ..redis_errors import redis_errors as _redis_errors
 from ._common import check_limit, check_timeout, encode_entries
 
 __all__ = ["BLOCK_MARGIN_MS", "RedisStreamLog"]
@@ -57,15 +56,6 @@ BLOCK_MARGIN_MS = 250
 
 _FIELD_PREFIX = b"field:"
 _MAX_ID = Position(2**64 - 1, 2**64 - 1)
-
-
-@contextmanager
-def _operational(what: str, key: str | None = None) -> Iterator[None]:
-    """Redis errors as shop errors (:func:`shop_adapters.redis_errors.classify`)."""
-    try:
-        yield
-    except redis.exceptions.RedisError as e:
-        raise classify(e, what, key) from e
 
 
 def _b(value: bytes | str) -> bytes:
@@ -191,7 +181,7 @@ class RedisStreamLog:
         encoded = encode_entries(entries)
         if not encoded:
             return []
-        with _operational("XADD", self.stream):
+        with _redis_errors("XADD", self.stream):
             pipe = self.client.pipeline(transaction=False)
             for fields in encoded:
                 pipe.xadd(self.stream, fields, id="*")  # type: ignore[arg-type]
@@ -204,7 +194,7 @@ class RedisStreamLog:
         check_limit(limit)
         if position >= _MAX_ID:
             return []
-        with _operational("XRANGE", self.stream):
+        with _redis_errors("XRANGE", self.stream):
             reply = self.client.xrange(self.stream, f"({position}", "+", count=limit)
         return _records(reply)
 
@@ -221,7 +211,7 @@ class RedisStreamLog:
             return []
         streams = {self.stream: str(position)}
         if timeout_ms == 0:
-            with _operational("XREAD", self.stream):
+            with _redis_errors("XREAD", self.stream):
                 reply = self.client.xread(streams, count=limit)  # type: ignore[arg-type]
             return _records(_xread_entries(reply))
         deadline = time.monotonic() + timeout_ms / 1000
@@ -230,7 +220,7 @@ class RedisStreamLog:
             if remaining_ms <= 0:
                 return []
             block = min(remaining_ms, self.max_block_ms)
-            with _operational("XREAD BLOCK", self.stream):
+            with _redis_errors("XREAD BLOCK", self.stream):
                 reply = self.client.xread(streams, count=limit, block=block)  # type: ignore[arg-type]
             found = _records(_xread_entries(reply))
             if found:
@@ -238,19 +228,19 @@ class RedisStreamLog:
 
     def last_position(self) -> Position:
         """ID of the last entry (``XREVRANGE + - COUNT 1``), or ORIGIN if empty or missing."""
-        with _operational("XREVRANGE", self.stream):
+        with _redis_errors("XREVRANGE", self.stream):
             reply: Any = self.client.xrevrange(self.stream, "+", "-", count=1)
         return Position.parse(reply[0][0]) if reply else ORIGIN
 
     def first_position(self) -> Position:
         """ID of the first entry (``XRANGE - + COUNT 1``), or ORIGIN if empty or missing."""
-        with _operational("XRANGE", self.stream):
+        with _redis_errors("XRANGE", self.stream):
             reply: Any = self.client.xrange(self.stream, "-", "+", count=1)
         return Position.parse(reply[0][0]) if reply else ORIGIN
 
     def _info(self) -> Mapping[Any, Any] | None:
         """``XINFO STREAM <stream>``, or ``None`` if the stream does not exist."""
-        with _operational("XINFO STREAM", self.stream):
+        with _redis_errors("XINFO STREAM", self.stream):
             try:
                 info: Any = self.client.xinfo_stream(self.stream)
             except redis.exceptions.ResponseError as e:
@@ -318,7 +308,7 @@ class RedisStreamLog:
         }
         for name, value in letter.fields.items():
             payload[_FIELD_PREFIX + _b(name)] = _b(value)
-        with _operational("XADD (dead letter)", self.dead_stream):
+        with _redis_errors("XADD (dead letter)", self.dead_stream):
             try:
                 self.client.xadd(self.dead_stream, payload, id=str(letter.position))  # type: ignore[arg-type]
             except redis.exceptions.ResponseError as e:
@@ -332,7 +322,7 @@ class RedisStreamLog:
         out: list[DeadLetter] = []
         start = "-"
         while True:
-            with _operational("XRANGE (dead letters)", self.dead_stream):
+            with _redis_errors("XRANGE (dead letters)", self.dead_stream):
                 reply: Any = self.client.xrange(self.dead_stream, start, "+", count=1000)
             if not reply:
                 return out

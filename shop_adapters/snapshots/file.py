@@ -18,17 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from .._fs import fsync_dir
+
 __all__ = ["FileSnapshotStore"]
 
 _STALE_TMP_SECONDS = 3600.0
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FileSnapshotStore:
@@ -59,7 +53,7 @@ class FileSnapshotStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._remove_stale_tmp()
 
     def _remove_stale_tmp(self) -> None:
