@@ -24,7 +24,8 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -34,13 +35,16 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .domain import Domain
 from .errors import ShopError
+from .keys import StreamKeys
 from .redis_errors import classify
 
 __all__ = [
     "DEFAULT_DATA_DIR",
     "CleanErrorsCommand",
     "CleanErrorsGroup",
+    "DomainCli",
     "FiniteFloat",
     "JsonFormatter",
     "TextFormatter",
@@ -56,6 +60,42 @@ DEFAULT_DATA_DIR = "./.shop-data"
 """Where the embedded Redis keeps its files when no ``--redis-url`` is given."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class DomainCli:
+    """How a command-line tool gets its :class:`~shop_adapters.domain.Domain`.
+
+    - ``name``: the domain's name, for ``--help`` texts;
+    - ``options``: click option decorators for the domain's configuration
+      (the shop's ``--price-list``), added to every generic command;
+    - ``build(**values)``: the domain, given those options' values by parameter
+      name; raises ``click.BadParameter`` for a bad value.
+    """
+
+    name: str
+    options: Sequence[Callable[[Any], Any]]
+    build: Callable[..., Domain[Any, Any]]
+
+    def add_options(self, f: F) -> F:
+        """``f`` with the domain's options added."""
+        for option in reversed(self.options):
+            f = option(f)
+        return f
+
+    def take(self, values: dict[str, Any]) -> Domain[Any, Any]:
+        """Pop the domain's option values from ``values`` and build the domain."""
+        names = [p.name for p in _params(self.options)]
+        return self.build(**{n: values.pop(n) for n in names if n is not None})
+
+
+def _params(options: Sequence[Callable[[Any], Any]]) -> list[click.Parameter]:
+    def probe() -> None:
+        """Only carries the options."""
+
+    for option in options:
+        probe = option(probe)
+    return list(getattr(probe, "__click_params__", []))
 
 
 class FiniteFloat(click.FloatRange):
@@ -105,9 +145,11 @@ class CleanErrorsGroup(_CleanErrors, click.Group):
     """A group whose subcommands' shop and Redis errors end them with one line, exit 1."""
 
 
-def _nonempty_stream(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    if not value:
-        raise click.BadParameter("the stream name must not be empty", ctx, param)
+def _stream_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        StreamKeys.for_stream(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from e
     return value
 
 
@@ -156,7 +198,7 @@ def connection_options(f: F) -> F:
         "--stream",
         default="orders",
         show_default=True,
-        callback=_nonempty_stream,
+        callback=_stream_name,
         help="Redis stream of the log (a non-empty key name; its snapshot, lease and "
         "dead letters live at <stream>:snapshot, <stream>:lease, <stream>:dead).",
     )(f)

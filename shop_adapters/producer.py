@@ -43,13 +43,13 @@ from .cli_common import (
     resolve_url,
     setup_logging,
 )
-from .codec import encode_event
 from .errors import OperationalError
 from .logs.redis_stream import RedisStreamLog
 from .protocols import ORIGIN, EventLog, Position
 from .redis_errors import refuse_own_stream
-from .retail_csv import map_rows, read_csv
-from .workload import synthetic_events
+from .shop_domain.retail_csv import map_rows, read_csv
+from .shop_domain.wire import encode_event
+from .shop_domain.workload import synthetic_events
 
 __all__ = ["AppendInterrupted", "append_events", "cli", "parse_line"]
 

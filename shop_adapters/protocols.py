@@ -35,6 +35,7 @@ __all__ = [
     "DeadLetter",
     "EventLog",
     "Fields",
+    "LogHistory",
     "Position",
     "Record",
     "SnapshotStore",
@@ -93,6 +94,24 @@ class DeadLetter:
     reason: str
 
 
+class LogHistory(NamedTuple):
+    """What a log can say about its own history, for continuity checks.
+
+    - ``first``, ``last``: the first and last records it holds (:data:`ORIGIN` if empty);
+    - ``length``: how many records it holds;
+    - ``added``: records ever appended, deleted ones included (``None`` if the
+      log cannot say: a Redis stream before 7.0);
+    - ``max_deleted``: the highest position known to have been deleted
+      (``None`` if none is known).
+    """
+
+    first: Position
+    last: Position
+    length: int
+    added: int | None
+    max_deleted: Position | None
+
+
 @runtime_checkable
 class EventLog(Protocol):
     """An append-only log of raw entries with totally ordered positions.
@@ -127,6 +146,14 @@ class EventLog(Protocol):
         Used to detect a gap: records after a snapshot's position that were
         trimmed away by someone else.
         """
+        ...
+
+    def read_at(self, position: Position) -> Record | None:
+        """The record at exactly ``position``, or ``None`` if the log holds none there."""
+        ...
+
+    def history(self) -> LogHistory:
+        """First, last, length, records ever added, highest deleted position."""
         ...
 
     def dead_letter(self, letter: DeadLetter) -> bool:

@@ -14,24 +14,27 @@ network or logging. Hypothesis strategies for property tests live in
 
 from .events import MAX_ID_LENGTH, MAX_INT, MAX_ORDER_LINES, AddItem, Event, Order, TopUp
 from .rules import (
+    ACCEPTED,
+    Accepted,
     Outcomes,
     Rejection,
     RejectionCode,
     Transient,
     apply,
     decide,
-    evolve,
     fold,
     fold_with_outcomes,
 )
 from .state import EMPTY, SEMANTICS_VERSION, Item, ShopState, User, state_digest
 
 __all__ = [
+    "ACCEPTED",
     "EMPTY",
     "MAX_ID_LENGTH",
     "MAX_INT",
     "MAX_ORDER_LINES",
     "SEMANTICS_VERSION",
+    "Accepted",
     "AddItem",
     "Event",
     "Item",
@@ -45,7 +48,6 @@ __all__ = [
     "User",
     "apply",
     "decide",
-    "evolve",
     "fold",
     "fold_with_outcomes",
     "state_digest",

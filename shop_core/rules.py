@@ -5,6 +5,14 @@ whole history; ``decide(state, event)`` says whether ``apply`` would accept the
 event and, if not, why (as a value: a :class:`Rejection` with a stable reason
 code). A rejected order is still a valid event: applying it changes nothing.
 
+The log is an *input journal* in the LMAX sense: a record is a request
+(TopUp, AddItem, Order) written without consulting the state, and the single
+writer that folds the log decides each request as it applies it. So ``apply``
+is the Decider's ``decide`` and ``evolve`` in one step, and there is no
+separate ``evolve`` over accepted facts: the accepted requests and the verdicts
+are a pure function of the log (:meth:`Transient.fold_each` gives them), which
+is what lets the shell publish them as an output journal.
+
 Rules (the specification is ``ARCHITECTURE.md``, "Rules"):
 
 - TopUp: the balance grows by ``amount``; an unknown user is created first.
@@ -36,7 +44,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeAlias, cast
+from typing import NamedTuple, TypeAlias, cast
 
 from pyrsistent import pmap
 from pyrsistent.typing import PMap
@@ -46,13 +54,14 @@ from .events import AddItem, Event, Order, TopUp
 from .state import EMPTY, Item, ShopState, User
 
 __all__ = [
+    "ACCEPTED",
+    "Accepted",
     "Outcomes",
     "Rejection",
     "RejectionCode",
     "Transient",
     "apply",
     "decide",
-    "evolve",
     "fold",
     "fold_with_outcomes",
 ]
@@ -77,11 +86,22 @@ class Rejection:
     message: str
 
 
-# An order's verdict: (code, *details) if rejected, True if accepted; None for
-# the events that are always accepted (TopUp, AddItem). Messages are formatted
-# from the details only by decide(), so the hot loop never builds strings.
+class Accepted(NamedTuple):
+    """An accepted event: ``total`` charged in minor units for an order, ``None``
+    for a TopUp or an AddItem (always accepted). See :meth:`Transient.fold_each`."""
+
+    total: int | None = None
+
+
+ACCEPTED = Accepted()
+"""The verdict of every TopUp and AddItem."""
+
+# A step's verdict: (code, *details) if rejected, the total (an int) for an
+# accepted order, None for the events that are always accepted (TopUp,
+# AddItem). Messages are formatted from the details only when asked for
+# (decide, fold_each), so the counting loop never builds strings.
 _Rejected: TypeAlias = tuple[RejectionCode, *tuple[object, ...]]
-_Verdict: TypeAlias = _Rejected | bool | None
+_Verdict: TypeAlias = _Rejected | int | None
 
 _MESSAGES: Mapping[RejectionCode, str] = {
     RejectionCode.UNKNOWN_USER: "user {} is unknown",
@@ -195,7 +215,7 @@ def _order(users: _Users, items: _Items, event: Order) -> _Verdict:
     for iid, qty in merged:
         price, stock = items[iid]
         items[iid] = (price, stock - qty)
-    return True
+    return total
 
 
 _Step: TypeAlias = Callable[[_Users, _Items, Event], _Verdict]
@@ -317,7 +337,7 @@ class Transient:
             for n, event in enumerate(events, 1):  # noqa: B007 - n is the count afterwards
                 verdict = steps[type(event)](users, items, event)
                 if verdict is not None:
-                    if verdict is True:
+                    if type(verdict) is int:
                         accepted += 1
                     else:
                         code = cast(_Rejected, verdict)[0]
@@ -328,6 +348,36 @@ class Transient:
             raise
         counts = {code.value: k for code, k in rejections.items()}
         return Outcomes(n, accepted, counts)
+
+    def fold_each(self, events: Iterable[Event]) -> list[Accepted | Rejection]:
+        """Apply ``events`` in order, like :meth:`fold`; return one verdict per event.
+
+        :class:`Accepted` (``total`` charged for an order, ``None`` otherwise) or
+        :class:`Rejection` (stable code and message, state unchanged), in the
+        order of ``events``. Slower than :meth:`fold` by the list it builds and
+        the messages it formats. Raises ``TypeError`` as :meth:`fold`.
+
+        >>> Transient().fold_each([TopUp(1, 5), Order(1, (("cpu", 1),))])
+        [Accepted(total=None), Rejection(code=<RejectionCode.UNKNOWN_ITEM: 'unknown_item'>, \
+message="item 'cpu' is unknown")]
+        """
+        users = self._users
+        items = self._items
+        steps = _STEPS
+        out: list[Accepted | Rejection] = []
+        append = out.append
+        for event in events:
+            step = steps.get(type(event))
+            if step is None:
+                raise _not_an_event(event)
+            verdict = step(users, items, event)
+            if verdict is None:
+                append(ACCEPTED)
+            elif type(verdict) is int:
+                append(Accepted(verdict))
+            else:
+                append(_rejection(cast(_Rejected, verdict)))
+        return out
 
     def persistent(self) -> ShopState:
         """The immutable state so far (the same object again if nothing changed)."""
@@ -372,10 +422,6 @@ def apply(state: ShopState, event: Event) -> ShopState:
     return fold_with_outcomes((event,), state)[0]
 
 
-evolve = apply
-"""The Decider pattern's name for :func:`apply`."""
-
-
 def decide(state: ShopState, event: Event) -> Result[Event, Rejection]:
     """Whether :func:`apply` would accept ``event`` in ``state``.
 
@@ -387,7 +433,11 @@ def decide(state: ShopState, event: Event) -> Result[Event, Rejection]:
     if step is None:
         raise _not_an_event(event)
     verdict = step(_Users(state.users), _Items(state.items), event)
-    if verdict is None or verdict is True:
+    if verdict is None or type(verdict) is int:
         return Success(event)
-    code, *details = cast(_Rejected, verdict)
-    return Failure(Rejection(code, _MESSAGES[code].format(*details)))
+    return Failure(_rejection(cast(_Rejected, verdict)))
+
+
+def _rejection(verdict: _Rejected) -> Rejection:
+    code, *details = verdict
+    return Rejection(code, _MESSAGES[code].format(*details))

@@ -68,7 +68,7 @@ import msgpack
 
 from .._fs import fsync_dir
 from ..errors import IntegrityError
-from ..protocols import ORIGIN, DeadLetter, Position, Record
+from ..protocols import ORIGIN, DeadLetter, LogHistory, Position, Record
 from ._common import check_limit, check_timeout, encode_entries
 
 __all__ = ["MAX_RECORD_BYTES", "FileLog", "FsyncPolicy", "TornRecordWarning"]
@@ -455,6 +455,21 @@ class FileLog:
             log.refresh()
             return Position(1, 0) if log.offsets else ORIGIN
 
+    def read_at(self, position: Position) -> Record | None:
+        """The record at ``Position(i, 0)``, or ``None`` if there is none."""
+        if position.minor != 0 or position.major < 1:
+            return None
+        found = self.read_after(Position(position.major - 1, 0), 1)
+        return found[0] if found and found[0].position == position else None
+
+    def history(self) -> LogHistory:
+        """Records ``1..n``; a file log never deletes a record."""
+        with self._lock:
+            log = self._open_log()
+            log.refresh()
+            n = len(log.offsets)
+            return LogHistory(Position(1, 0) if n else ORIGIN, Position(n, 0), n, n, None)
+
     # -- dead letters -------------------------------------------------------------------
 
     def _open_dead(self) -> _Framed:
@@ -471,24 +486,37 @@ class FileLog:
         return _decode_dead(memoryview(data)[_HEADER_SIZE:], dead.path, dead.offsets[-1]).position
 
     def dead_letter(self, letter: DeadLetter) -> bool:
-        """Append ``letter`` to ``<path>.dead``; ``False`` if its position is at or below
-        the highest already there (so dead letters are written at most once per position,
-        across crashes: the maximum is re-read on open and under the file lock)."""
+        """Append ``letter`` to ``<path>.dead``; ``False`` if that exact dead letter is
+        already there (so it is written once per position, across crashes: the
+        highest position is re-read on open and under the file lock).
+
+        Raises ``IntegrityError`` if a position at or below the highest one
+        already there does not hold this dead letter (never dropped silently).
+        """
         payload = frame(_encode_dead(letter))
         with self._lock:
             if self._log.fd < 0:
                 raise ValueError(f"I/O on closed FileLog {self.path}")
-            if letter.position <= self._dead_max:
-                return False
-            dead = self._open_dead()
-            with dead.flock():
-                dead.recover()
-                self._dead_max = self._last_dead(dead)
-                if letter.position <= self._dead_max:
-                    return False
-                dead.write([payload], "never" if self.fsync == "never" else "always")
-                self._dead_max = letter.position
-        return True
+            if letter.position > self._dead_max:
+                dead = self._open_dead()
+                with dead.flock():
+                    dead.recover()
+                    self._dead_max = self._last_dead(dead)
+                    if letter.position > self._dead_max:
+                        dead.write([payload], "never" if self.fsync == "never" else "always")
+                        self._dead_max = letter.position
+                        return True
+        kept = next((d for d in self.dead_letters() if d.position == letter.position), None)
+        stored_reason = letter.reason.encode("utf-8", "backslashreplace").decode("utf-8", "replace")
+        if kept is not None and kept == DeadLetter(
+            letter.position, dict(letter.fields), stored_reason
+        ):
+            return False
+        held = "holds no entry at that position" if kept is None else "holds another one there"
+        raise IntegrityError(
+            f"cannot record the dead letter of {letter.position}: {self.dead_path} already "
+            f"goes past it and {held}; something else wrote there. Refusing to drop it silently"
+        )
 
     def dead_letters(self) -> list[DeadLetter]:
         """All dead letters in ``<path>.dead``, in position order."""

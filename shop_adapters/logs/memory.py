@@ -17,18 +17,32 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-from ..protocols import ORIGIN, DeadLetter, Position, Record
+from ..errors import IntegrityError
+from ..protocols import ORIGIN, DeadLetter, LogHistory, Position, Record
 from ._common import check_limit, check_timeout, encode_entries
 
 __all__ = ["MemoryLog"]
 
 
+def _plain(letter: DeadLetter) -> DeadLetter:
+    return DeadLetter(letter.position, dict(letter.fields), letter.reason)
+
+
+def _refused(where: str, letter: DeadLetter, absent: bool) -> str:
+    held = "holds no entry at that position" if absent else "holds another entry there"
+    return (
+        f"cannot record the dead letter of {letter.position}: {where} already go past it "
+        f"and {held}; something else wrote there. Refusing to drop it silently"
+    )
+
+
 class MemoryLog:
     """A list of records in memory; dead letters in a list, at most once per position.
 
-    Like every log here, :meth:`dead_letter` refuses (returns ``False``) any
-    position at or below the highest one already dead-lettered, matching the
-    Redis stream's explicit-ID rule.
+    Like every log here, :meth:`dead_letter` follows the Redis stream's
+    explicit-ID rule: a position at or below the highest one already
+    dead-lettered is "already written" (``False``) only if that exact dead
+    letter is there, else :class:`~shop_adapters.errors.IntegrityError`.
     """
 
     def __init__(self) -> None:
@@ -85,12 +99,33 @@ class MemoryLog:
         with self._cond:
             return self._records[0].position if self._records else ORIGIN
 
+    def read_at(self, position: Position) -> Record | None:
+        """The record at ``Position(i, 0)``, or ``None``."""
+        with self._cond:
+            i = position.major
+            if position.minor != 0 or not 0 < i <= len(self._records):
+                return None
+            return self._records[i - 1]
+
+    def history(self) -> LogHistory:
+        """Records ``1..n``; nothing is ever deleted from a memory log."""
+        with self._cond:
+            n = len(self._records)
+            return LogHistory(Position(1, 0) if n else ORIGIN, Position(n, 0), n, n, None)
+
     def dead_letter(self, letter: DeadLetter) -> bool:
-        """Keep ``letter``; ``False`` if its position is at or below the last dead-lettered."""
+        """Keep ``letter``; ``False`` if this exact dead letter is already kept.
+
+        Raises ``IntegrityError`` if its position is at or below the highest
+        dead-lettered one and does not hold this letter.
+        """
         with self._cond:
             if self._dead and letter.position <= self._dead[-1].position:
-                return False
-            self._dead.append(DeadLetter(letter.position, dict(letter.fields), letter.reason))
+                kept = next((d for d in self._dead if d.position == letter.position), None)
+                if kept is not None and kept == _plain(letter):
+                    return False
+                raise IntegrityError(_refused("the dead letters", letter, kept is None))
+            self._dead.append(_plain(letter))
             return True
 
     def dead_letters(self) -> list[DeadLetter]:

@@ -45,11 +45,12 @@ from typing import Any
 
 import redis
 
-from ..protocols import ORIGIN, DeadLetter, Position, Record
+from ..errors import IntegrityError
+from ..protocols import ORIGIN, DeadLetter, LogHistory, Position, Record
 from ..redis_errors import redis_errors as _redis_errors
 from ._common import check_limit, check_timeout, encode_entries
 
-__all__ = ["BLOCK_MARGIN_MS", "RedisStreamLog"]
+__all__ = ["BLOCK_MARGIN_MS", "RedisStreamLog", "xadd_once"]
 
 BLOCK_MARGIN_MS = 250
 """The client's ``socket_timeout`` must exceed the longest ``BLOCK`` by this much (ms)."""
@@ -102,6 +103,53 @@ def _xread_entries(reply: Any) -> Sequence[Any] | None:
             value = value[0]
         return value  # type: ignore[no-any-return]
     return reply[0][1]  # type: ignore[no-any-return]
+
+
+def xadd_once(
+    client: redis.Redis, stream: str, entries: Sequence[tuple[Position, Mapping[bytes, bytes]]]
+) -> list[bool]:
+    """``XADD <stream> <id> ...`` for each ``(id, fields)``, in one pipeline, each at most once.
+
+    Writing under an explicit ID makes a second write of the same ID fail
+    ("equal or smaller than the target stream top item"), so a replay after a
+    crash adds nothing twice. A refused write counts as already written
+    (``False``) only if ``XRANGE <stream> <id> <id>`` shows those exact fields;
+    otherwise something else wrote at or past that ID and
+    :class:`~shop_adapters.errors.IntegrityError` is raised: nothing is
+    dropped silently. Returns, per entry, whether it was written now.
+    Raises ``OperationalError`` if Redis is unreachable (some may have landed:
+    calling again is safe).
+    """
+    if not entries:
+        return []
+    with _redis_errors("XADD", stream):
+        pipe = client.pipeline(transaction=False)
+        for position, fields in entries:
+            pipe.xadd(stream, fields, id=str(position))  # type: ignore[arg-type]
+        replies = pipe.execute(raise_on_error=False)
+    out: list[bool] = []
+    for (position, fields), reply in zip(entries, replies, strict=True):
+        if not isinstance(reply, Exception):
+            out.append(True)
+            continue
+        if not isinstance(reply, redis.exceptions.ResponseError) or "equal or smaller" not in str(
+            reply
+        ):
+            with _redis_errors("XADD", stream):
+                raise reply
+        with _redis_errors("XRANGE", stream):
+            held = _records(client.xrange(stream, str(position), str(position)))
+        if held and dict(held[0].fields) == {_b(k): _b(v) for k, v in fields.items()}:
+            out.append(False)
+            continue
+        what = "holds another entry with that ID" if held else "holds no entry with that ID"
+        raise IntegrityError(
+            f"cannot write {position} to {stream}: the stream already goes past that ID and "
+            f"{what}; something else wrote there (by hand, or another stream's data). "
+            f"Refusing to drop the entry silently: inspect {stream} (XRANGE {stream} - +) "
+            "and move the foreign entries away"
+        )
+    return out
 
 
 class RedisStreamLog:
@@ -249,56 +297,59 @@ class RedisStreamLog:
                 raise
         return info  # type: ignore[no-any-return]
 
-    def max_deleted_position(self) -> Position | None:
-        """The largest entry ID known to have been deleted from the stream, or
-        ``None`` if none is known (or the stream does not exist).
+    def read_at(self, position: Position) -> Record | None:
+        """``XRANGE <stream> <id> <id>``: the entry with exactly that ID, or ``None``."""
+        if position == ORIGIN or position >= _MAX_ID:
+            return None
+        with _redis_errors("XRANGE", self.stream):
+            reply = self.client.xrange(self.stream, str(position), str(position))
+        found = _records(reply)
+        return found[0] if found else None
 
-        From ``XINFO STREAM``: ``max-deleted-entry-id`` (Redis >= 7.0; set by
-        ``XDEL``), and, on every version, ``last-generated-id`` when it is
-        beyond the last entry (the newest entries were deleted). Lets
-        :func:`shop_adapters.runner.check_continuity` see an ``XDEL`` of
-        records after a snapshot even when older records remain at the head.
-        Source: Redis XINFO STREAM docs. Raises ``OperationalError``.
+    def history(self) -> LogHistory:
+        """From ``XINFO STREAM``: first and last entries, ``length``, ``entries-added``
+        (Redis >= 7.0, else ``None``), and the highest deleted ID known:
+        ``max-deleted-entry-id`` (Redis >= 7.0; set by ``XDEL`` and ``XTRIM``)
+        or ``last-generated-id`` when it is beyond the last entry (the newest
+        entries were deleted; any version). A missing stream reads as empty
+        with nothing added. Source: Redis XINFO STREAM docs. Raises ``OperationalError``.
         """
         info = self._info()
         if info is None:
-            return None
-        found = ORIGIN
-        raw = info.get("max-deleted-entry-id", info.get(b"max-deleted-entry-id"))
-        if raw is not None:
-            found = max(found, Position.parse(raw))
-        generated = info.get("last-generated-id", info.get(b"last-generated-id"))
-        last = info.get("last-entry", info.get(b"last-entry"))
-        if generated is not None:
-            last_id = Position.parse(last[0]) if last else ORIGIN
-            generated_id = Position.parse(generated)
-            if generated_id > last_id:
-                found = max(found, generated_id)
-        return None if found == ORIGIN else found
+            return LogHistory(ORIGIN, ORIGIN, 0, 0, None)
 
-    def deleted_entries(self) -> int | None:
-        """How many entries were ever removed from the stream (``XDEL``, ``XTRIM``,
-        ``MAXLEN``): ``entries-added - length`` from ``XINFO STREAM`` (Redis >=
-        7.0); ``None`` if the server does not report ``entries-added`` (Redis
-        6.2) and 0 if the stream does not exist. Raises ``OperationalError``."""
-        info = self._info()
-        if info is None:
-            return 0
-        added = info.get("entries-added", info.get(b"entries-added"))
-        if added is None:
-            return None
-        length = info.get("length", info.get(b"length", 0))
-        return max(0, int(added) - int(length))
+        def get(name: str) -> Any:
+            return info.get(name, info.get(name.encode()))
+
+        first, last = get("first-entry"), get("last-entry")
+        first_id = Position.parse(first[0]) if first else ORIGIN
+        last_id = Position.parse(last[0]) if last else ORIGIN
+        deleted = ORIGIN
+        raw = get("max-deleted-entry-id")
+        if raw is not None:
+            deleted = max(deleted, Position.parse(raw))
+        generated = get("last-generated-id")
+        if generated is not None and Position.parse(generated) > last_id:
+            deleted = max(deleted, Position.parse(generated))
+        added = get("entries-added")
+        return LogHistory(
+            first_id,
+            last_id,
+            int(get("length") or 0),
+            None if added is None else int(added),
+            None if deleted == ORIGIN else deleted,
+        )
 
     # -- dead letters -------------------------------------------------------------------
 
     def dead_letter(self, letter: DeadLetter) -> bool:
         """``XADD <dead_stream> <position> position <id> reason <text> field:<name> <value>...``.
 
-        Returns ``False`` if Redis refuses the ID as equal or smaller than the
-        dead stream's top entry (that position, or a later one, was already
-        dead-lettered). Raises ``ValueError`` for :data:`ORIGIN` (Redis refuses
-        ID 0-0), ``OperationalError`` if Redis is unreachable.
+        Written with :func:`xadd_once`: ``False`` if this dead letter is already
+        there, :class:`~shop_adapters.errors.IntegrityError` if the dead stream
+        already goes past its ID without holding it. Raises ``ValueError`` for
+        :data:`ORIGIN` (Redis refuses ID 0-0), ``OperationalError`` if Redis is
+        unreachable.
         """
         if letter.position <= ORIGIN:
             raise ValueError("cannot dead-letter ORIGIN (0-0): no record lives there")
@@ -308,14 +359,7 @@ class RedisStreamLog:
         }
         for name, value in letter.fields.items():
             payload[_FIELD_PREFIX + _b(name)] = _b(value)
-        with _redis_errors("XADD (dead letter)", self.dead_stream):
-            try:
-                self.client.xadd(self.dead_stream, payload, id=str(letter.position))  # type: ignore[arg-type]
-            except redis.exceptions.ResponseError as e:
-                if "equal or smaller" in str(e):
-                    return False
-                raise
-        return True
+        return xadd_once(self.client, self.dead_stream, [(letter.position, payload)])[0]
 
     def dead_letters(self) -> list[DeadLetter]:
         """All dead letters (``XRANGE <dead_stream>`` in batches of 1,000), in position order."""

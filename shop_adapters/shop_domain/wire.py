@@ -1,7 +1,7 @@
-"""Codecs: events <-> stream entries (schema versions, upcasters) and snapshots <-> bytes.
+"""The shop's wire codec: events <-> stream entries, schema versions, upcasters, price lists.
 
-Wire formats (source: ``ARCHITECTURE.md``, "Wire formats")
------------------------------------------------------------
+Wire formats (source: ``docs/ARCHITECTURE.md``, "The shop's wire formats")
+--------------------------------------------------------------------------
 An entry is a mapping of field names to values, ``bytes -> bytes`` as a log
 stores it (``str`` keys and values are accepted too and read as UTF-8).
 
@@ -38,27 +38,6 @@ text), ``data`` not an object/map, missing or unexpected data fields, v0
 event constructors (wrong type, float, bool, negative, > 2**63 - 1, empty or
 too long id, empty or too many lines), whose message, naming the field, is
 reused.
-
-Snapshots
----------
-``encode_snapshot`` writes (never pickle; nothing in a snapshot is executed)::
-
-    SHOPSNAP\\n
-    {"format_version":1,"semantics_version":1,"position":"5-9","events_folded":..,
-     "dead_letters":..,"outcomes":{..},"body_length":N[,"decoder_digest":"<hex>"]}\\n
-    <body: N bytes of JSON, ShopState.canonical()>
-    \\nsha256:<64 hex digits: SHA-256 of every byte before this line>\\n
-
-``decoder_digest`` (SHA-256 hex of the folding decoder's price list, see
-:func:`price_list_digest`) is present only when that decoder had a price list;
-its absence reads as ``None`` ("no price list"), so snapshots written before
-the field existed still decode, with the same format version 1. A reader must
-not reuse a snapshot whose digest differs from its own decoder's (the runner
-and ``inspect`` rebuild by replay instead).
-
-The checksum covers the magic, the header and the body, so any corrupted byte
-is detected. The body is written and read with the standard ``json`` module,
-which keeps integers exact (balances may exceed 2**64).
 """
 
 from __future__ import annotations
@@ -66,48 +45,27 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeAlias
 
 import msgpack
 import orjson
-from pyrsistent import pmap
 from returns.result import Failure, Result, Success
 
-from shop_core import (
-    MAX_ID_LENGTH,
-    MAX_INT,
-    MAX_ORDER_LINES,
-    SEMANTICS_VERSION,
-    AddItem,
-    Event,
-    Item,
-    Order,
-    Outcomes,
-    RejectionCode,
-    ShopState,
-    TopUp,
-    User,
-)
+from shop_core import MAX_ID_LENGTH, MAX_INT, MAX_ORDER_LINES, AddItem, Event, Order, TopUp
 
-from .protocols import DeadLetter, Fields, Position, Record
+from .._json import strict_json
+from ..protocols import DeadLetter, Fields, Position, Record
 
 __all__ = [
     "CURRENT_SCHEMA_VERSION",
     "DEFAULT_LIMITS",
-    "SNAPSHOT_FORMAT_VERSION",
     "Decoder",
     "Limits",
-    "Snapshot",
     "decode_entry",
-    "decode_snapshot",
-    "describe_decoder_digest",
     "encode_event",
     "encode_event_v0",
-    "encode_snapshot",
     "load_price_list",
-    "price_list_digest",
     "upcast_v0_v1",
 ]
 
@@ -386,26 +344,13 @@ def _as_bytes(value: object, what: str) -> bytes:
     raise _Invalid(f"{what} must be bytes or str, got {type(value).__name__}")
 
 
-def price_list_digest(prices: Mapping[str, int] | None) -> str | None:
-    """SHA-256 (64 lowercase hex digits) of the canonical JSON of a price list
-    (keys sorted, no spaces, ASCII), or ``None`` for no price list. Two price
-    lists with the same items and prices have the same digest whatever their
-    order or file formatting; an empty price list is not ``None``.
-
-    >>> price_list_digest(None) is None
-    True
-    >>> price_list_digest({"b": 1, "a": 2}) == price_list_digest({"a": 2, "b": 1})
-    True
-    """
+def _config_digest(prices: Mapping[str, int] | None) -> str | None:
+    """SHA-256 hex of the canonical JSON of a price list (keys sorted, no spaces,
+    ASCII), ``None`` for none: the same items and prices, the same digest."""
     if prices is None:
         return None
     canonical = json.dumps(dict(prices), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
-
-
-def describe_decoder_digest(digest: str | None) -> str:
-    """``"no price list"`` or ``"price list sha256:<first 12 hex digits>"``, for messages."""
-    return "no price list" if digest is None else f"price list sha256:{digest[:12]}"
 
 
 class Decoder:
@@ -432,7 +377,7 @@ class Decoder:
                 raise ValueError(f"Limits.{name} must be a positive int, got {value!r:.80}")
         self._limits = limits
         self._price_list = _check_price_list(price_list) if price_list is not None else None
-        self._config_digest = price_list_digest(self._price_list)
+        self._config_digest = _config_digest(self._price_list)
         str_len = max(4 * limits.max_id_length, 64)  # UTF-8: up to 4 bytes a character
         self._unpack_options: dict[str, Any] = {
             "raw": False,
@@ -453,12 +398,18 @@ class Decoder:
     @property
     def config_digest(self) -> str | None:
         """Identity of the configuration that changes what this decoder produces:
-        :func:`price_list_digest` of its price list (64 hex digits), ``None``
-        without one. Recorded in every snapshot (:attr:`Snapshot.decoder_digest`)
-        so that a restart with another price list rebuilds by replay instead of
-        continuing a state folded with other prices. (The limits are not part
-        of it: a different limit changes which entries are dead letters, which
-        the operator chooses knowingly, not the prices of what is folded.)
+        the SHA-256 hex of its price list's canonical JSON (the same items and
+        prices give the same digest whatever the file's order), ``None``
+        without one. It is the shop domain's ``config_digest``, recorded in
+        every snapshot, so a restart with another price list rebuilds by
+        replay instead of continuing a state folded with other prices. (The
+        limits are not part of it: a different limit changes which entries
+        are dead letters, which the operator chooses knowingly.)
+
+        >>> Decoder({"b": 1, "a": 2}).config_digest == Decoder({"a": 2, "b": 1}).config_digest
+        True
+        >>> Decoder().config_digest is None
+        True
         """
         return self._config_digest
 
@@ -665,36 +616,6 @@ def _check_price_list(prices: Mapping[str, int]) -> dict[str, int]:
     return out
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _refuse_float(text: str) -> Any:
-    raise ValueError(f"a float ({text:.40}) is not allowed: use integers")
-
-
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r:.80}")
-        out[key] = value
-    return out
-
-
-def _strict_json(text: bytes) -> Any:
-    """Standard-library JSON with exact integers; floats, NaN and repeated keys refused.
-
-    Raises ``ValueError`` (incl. ``JSONDecodeError``, ``UnicodeDecodeError``).
-    """
-    return json.loads(
-        text,
-        parse_float=_refuse_float,
-        parse_constant=_refuse_constant,
-        object_pairs_hook=_unique_object,
-    )
-
-
 def load_price_list(path: str | Path) -> dict[str, int]:
     """Read a price list: a JSON object ``{item_id: price in minor units}`` (UTF-8).
 
@@ -705,7 +626,7 @@ def load_price_list(path: str | Path) -> dict[str, int]:
     """
     raw = Path(path).read_bytes()
     try:
-        prices = _strict_json(raw)
+        prices = strict_json(raw)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, our refusals
         raise ValueError(f"price list {str(path)!r}: not valid JSON: {exc}") from None
     if type(prices) is not dict:
@@ -717,258 +638,3 @@ def load_price_list(path: str | Path) -> dict[str, int]:
         return _check_price_list(prices)
     except ValueError as exc:
         raise ValueError(f"{str(path)!r}: {exc}") from None
-
-
-# ---------------------------------------------------------------------------
-# Snapshots
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A state and where in the log it was taken.
-
-    - ``state``: ``fold(log[..position])``;
-    - ``position``: the last record consumed (:data:`ORIGIN` if none);
-    - ``events_folded``: log records consumed up to ``position`` (events + dead letters);
-    - ``outcomes``: cumulative :class:`shop_core.Outcomes`;
-    - ``dead_letters``: cumulative count of dead letters;
-    - ``semantics_version``: the :data:`shop_core.SEMANTICS_VERSION` that folded it;
-    - ``decoder_digest``: the folding decoder's :attr:`Decoder.config_digest`
-      (SHA-256 hex of its price list), ``None`` when it had no price list. A
-      snapshot is only reused by a decoder with the same digest.
-    """
-
-    state: ShopState
-    position: Position
-    events_folded: int
-    outcomes: Outcomes = field(default_factory=Outcomes)
-    dead_letters: int = 0
-    semantics_version: int = SEMANTICS_VERSION
-    decoder_digest: str | None = None
-
-
-SNAPSHOT_FORMAT_VERSION = 1
-"""Version of the byte layout written by :func:`encode_snapshot`."""
-
-_MAGIC = b"SHOPSNAP\n"
-_TRAILER_PREFIX = b"\nsha256:"
-_TRAILER_LEN = len(_TRAILER_PREFIX) + 64 + 1
-_MAX_HEADER = 1 << 16
-_HEADER_KEYS = frozenset(
-    {
-        "format_version",
-        "semantics_version",
-        "position",
-        "events_folded",
-        "dead_letters",
-        "outcomes",
-        "body_length",
-    }
-)
-_OPTIONAL_HEADER_KEYS = frozenset({"decoder_digest"})
-_OUTCOME_KEYS = frozenset({"events", "orders_accepted", "rejections"})
-_CODES = frozenset(code.value for code in RejectionCode)
-
-
-def encode_snapshot(snapshot: Snapshot) -> bytes:
-    """Serialise ``snapshot`` to bytes (layout in the module docstring; never pickle).
-
-    The body is ``snapshot.state.canonical()`` as JSON, so it is byte-for-byte
-    the same for equal states. Raises ``TypeError`` for a non-snapshot.
-    """
-    if not isinstance(snapshot, Snapshot):
-        raise TypeError(f"expected a Snapshot, got {type(snapshot).__name__}")
-    body = json.dumps(snapshot.state.canonical(), separators=(",", ":"), ensure_ascii=True).encode(
-        "ascii"
-    )
-    outcomes = snapshot.outcomes
-    header = {
-        "format_version": SNAPSHOT_FORMAT_VERSION,
-        "semantics_version": snapshot.semantics_version,
-        "position": str(snapshot.position),
-        "events_folded": snapshot.events_folded,
-        "dead_letters": snapshot.dead_letters,
-        "outcomes": {
-            "events": outcomes.events,
-            "orders_accepted": outcomes.orders_accepted,
-            "rejections": dict(sorted(outcomes.rejections.items())),
-        },
-        "body_length": len(body),
-    }
-    if snapshot.decoder_digest is not None:
-        header["decoder_digest"] = snapshot.decoder_digest
-    head = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-    payload = b"".join((_MAGIC, head, b"\n", body))
-    digest = hashlib.sha256(payload).hexdigest().encode("ascii")
-    return payload + _TRAILER_PREFIX + digest + b"\n"
-
-
-def decode_snapshot(blob: bytes) -> Result[Snapshot, str]:
-    """Read a snapshot written by :func:`encode_snapshot`: ``Success`` or ``Failure(reason)``.
-
-    Never raises for bad input and never executes anything (no pickle).
-    Failure reasons: empty or truncated; not a shop snapshot (a pickle is named
-    as such); unknown format version; checksum mismatch; header or body not
-    matching the schema (wrong types, floats, negative numbers, unsorted or
-    duplicate ids); stale semantics version (rebuild by replay).
-
-    >>> decode_snapshot(b"\\x80\\x04K\\x01.")
-    <Failure: not a shop snapshot (looks like a pickle; never unpickled)>
-    """
-    try:
-        return Success(_decode_snapshot(blob))
-    except _Invalid as exc:
-        return Failure(exc.args[0])
-
-
-def _decode_snapshot(blob: bytes) -> Snapshot:
-    if not isinstance(blob, bytes | bytearray | memoryview):
-        raise _Invalid(f"a snapshot is bytes, got {type(blob).__name__}")
-    blob = bytes(blob)
-    if not blob:
-        raise _Invalid("empty snapshot (0 bytes)")
-    if not blob.startswith(_MAGIC):
-        if _MAGIC.startswith(blob):
-            raise _Invalid(f"truncated snapshot: {len(blob)} bytes, ends inside the magic line")
-        if blob[:1] == b"\x80":
-            raise _Invalid("not a shop snapshot (looks like a pickle; never unpickled)")
-        raise _Invalid(f"not a shop snapshot (bad magic: expected {_MAGIC!r}, got {blob[:9]!r})")
-    end = blob.find(b"\n", len(_MAGIC), len(_MAGIC) + _MAX_HEADER)
-    if end < 0:
-        raise _Invalid("truncated or corrupt snapshot: no end of the header line")
-    try:
-        header = _strict_json(blob[len(_MAGIC) : end])
-    except (ValueError, RecursionError) as exc:
-        raise _Invalid(f"corrupt snapshot header: not valid JSON ({exc})") from None
-    if type(header) is not dict:
-        raise _Invalid(
-            f"corrupt snapshot header: expected a JSON object, got {type(header).__name__}"
-        )
-    fmt = header.get("format_version")
-    if fmt != SNAPSHOT_FORMAT_VERSION or type(fmt) is not int:
-        raise _Invalid(
-            f"unknown snapshot format version {fmt!r:.40} "
-            f"(this build reads {SNAPSHOT_FORMAT_VERSION})"
-        )
-    _check_keys(
-        "corrupt snapshot header", header, _HEADER_KEYS, _HEADER_KEYS | _OPTIONAL_HEADER_KEYS
-    )
-    body_length = _count(header, "body_length")
-    expected = end + 1 + body_length + _TRAILER_LEN
-    if len(blob) != expected:
-        kind = "truncated" if len(blob) < expected else "corrupt"
-        raise _Invalid(f"{kind} snapshot: {len(blob)} bytes, the header announces {expected}")
-    trailer = blob[-_TRAILER_LEN:]
-    if not trailer.startswith(_TRAILER_PREFIX) or not trailer.endswith(b"\n"):
-        raise _Invalid("corrupt snapshot: checksum trailer missing or damaged")
-    digest = hashlib.sha256(blob[:-_TRAILER_LEN]).hexdigest().encode("ascii")
-    if trailer[len(_TRAILER_PREFIX) : -1] != digest:
-        raise _Invalid("snapshot checksum mismatch (SHA-256): the snapshot is corrupt")
-    semantics = _count(header, "semantics_version")
-    if semantics != SEMANTICS_VERSION:
-        raise _Invalid(
-            f"stale semantics version {semantics}, running {SEMANTICS_VERSION}; rebuild by replay"
-        )
-    position_text = header["position"]
-    if type(position_text) is not str:
-        raise _Invalid("corrupt snapshot header: position must be a 'major-minor' string")
-    try:
-        position = Position.parse(position_text)
-    except ValueError as exc:
-        raise _Invalid(f"corrupt snapshot header: {exc}") from None
-    outcomes = _outcomes(header["outcomes"])
-    decoder_digest = header.get("decoder_digest")
-    if decoder_digest is not None and (
-        type(decoder_digest) is not str
-        or len(decoder_digest) != 64
-        or decoder_digest.strip("0123456789abcdef")
-    ):
-        raise _Invalid(
-            "corrupt snapshot header: decoder_digest must be 64 lowercase hex digits, "
-            f"got {decoder_digest!r:.80}"
-        )
-    body_bytes = blob[end + 1 : end + 1 + body_length]
-    try:
-        body = _strict_json(body_bytes)
-    except (ValueError, RecursionError) as exc:
-        raise _Invalid(f"corrupt snapshot body: not valid JSON ({exc})") from None
-    return Snapshot(
-        state=_state(body),
-        position=position,
-        events_folded=_count(header, "events_folded"),
-        outcomes=outcomes,
-        dead_letters=_count(header, "dead_letters"),
-        semantics_version=semantics,
-        decoder_digest=decoder_digest,
-    )
-
-
-def _nat(value: object, what: str, upper: int | None = None) -> int:
-    """A non-negative int (not bool), at most ``upper``; else ``_Invalid``."""
-    if type(value) is not int or value < 0 or (upper is not None and value > upper):
-        bound = "" if upper is None else f" at most {upper}"
-        raise _Invalid(
-            f"corrupt snapshot: {what} must be a non-negative int{bound}, got {value!r:.40}"
-        )
-    return value
-
-
-def _count(header: Mapping[str, object], key: str) -> int:
-    return _nat(header.get(key), f"header {key}")
-
-
-def _outcomes(raw: object) -> Outcomes:
-    if type(raw) is not dict:
-        raise _Invalid("corrupt snapshot header: outcomes must be an object")
-    _check_keys("corrupt snapshot header outcomes", raw, _OUTCOME_KEYS, _OUTCOME_KEYS)
-    rejections = raw["rejections"]
-    if type(rejections) is not dict:
-        raise _Invalid("corrupt snapshot header: outcomes.rejections must be an object")
-    for code, n in rejections.items():
-        if code not in _CODES:
-            raise _Invalid(f"corrupt snapshot header: unknown rejection code {code!r:.40}")
-        _nat(n, f"outcomes.rejections[{code!r}]")
-    return Outcomes(
-        events=_nat(raw["events"], "outcomes.events"),
-        orders_accepted=_nat(raw["orders_accepted"], "outcomes.orders_accepted"),
-        rejections=rejections,
-    )
-
-
-def _state(body: object) -> ShopState:
-    if type(body) is not dict:
-        raise _Invalid("corrupt snapshot body: expected a JSON object")
-    _check_keys("corrupt snapshot body", body, _BODY_KEYS, _BODY_KEYS)
-    users_raw, items_raw = body["users"], body["items"]
-    if type(users_raw) is not list or type(items_raw) is not list:
-        raise _Invalid("corrupt snapshot body: users and items must be lists")
-    users: dict[int, User] = {}
-    last_uid = -1
-    for row in users_raw:
-        if type(row) is not list or len(row) != 2:
-            raise _Invalid(f"corrupt snapshot body: a user is [user_id, balance], got {row!r:.60}")
-        uid = _nat(row[0], "a user id", MAX_INT)
-        if uid <= last_uid:
-            raise _Invalid(f"corrupt snapshot body: user {uid} duplicate or out of order")
-        users[uid] = User(_nat(row[1], f"user {uid}'s balance"))
-        last_uid = uid
-    items: dict[str, Item] = {}
-    last_iid: str | None = None
-    for row in items_raw:
-        if type(row) is not list or len(row) != 3:
-            raise _Invalid(
-                f"corrupt snapshot body: an item is [item_id, price, stock], got {row!r:.60}"
-            )
-        iid, price, stock = row
-        if type(iid) is not str or not 0 < len(iid) <= MAX_ID_LENGTH:
-            raise _Invalid(f"corrupt snapshot body: bad item id {iid!r:.60}")
-        if last_iid is not None and iid <= last_iid:
-            raise _Invalid(f"corrupt snapshot body: item {iid!r:.60} duplicate or out of order")
-        if price is not None:
-            _nat(price, f"item {iid!r:.60}'s price", MAX_INT)
-        items[iid] = Item(price, _nat(stock, f"item {iid!r:.60}'s stock"))
-        last_iid = iid
-    return ShopState(users=pmap(users), items=pmap(items))
-
-
-_BODY_KEYS = frozenset({"users", "items"})

@@ -1,0 +1,255 @@
+"""The runner's command line, generic over the domain: :func:`runner_command`.
+
+``runner_command(domain_cli)`` builds the click command that folds one Redis
+stream with :class:`~shop_adapters.runner.Runner`: it reads and decodes the
+stored snapshot, takes the single-writer lease ``<stream>:lease`` (see
+:mod:`shop_adapters.lease`), runs, and releases the lease. A second runner on
+the same stream waits for the lease and takes over when the first one stops
+or dies. ``python -m shop_adapters.redis_runner`` is this command for the shop;
+your own domain gets the same command with ``runner_command(DomainCli(...))``.
+
+Exit status: 0 after ``--exit-when-idle`` drained the log, or after SIGINT /
+SIGTERM (a final snapshot is written first; also while still waiting for the
+lease; a second signal during the shutdown only logs "already stopping"); 1,
+with one error line and no traceback, if the log does not hold the history
+of the state (:class:`~shop_adapters.errors.GapError`,
+:class:`~shop_adapters.errors.IntegrityError`), if Redis refuses for good
+(:class:`~shop_adapters.errors.PermanentError`), if Redis stayed unreachable
+for ``--give-up-after`` seconds (default 60 with ``--exit-when-idle``, else
+retry for ever), or if ``--exit-when-idle`` could not write its final
+snapshot; 2 for bad options (click).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from .cli_common import (
+    CleanErrorsCommand,
+    DomainCli,
+    FiniteFloat,
+    clean_error_message,
+    connection_options,
+    make_client,
+    mask_url,
+    resolve_url,
+    setup_logging,
+)
+from .errors import IntegrityError, OperationalError, PermanentError
+from .keys import StreamKeys
+from .lease import Lease
+from .logs.redis_stream import RedisStreamLog
+from .redis_errors import refuse_own_stream
+from .retry import RetryPolicy, Stopped
+from .runner import Runner, RunnerConfig, Summary
+from .snapshots.redis import RedisSnapshotStore
+
+__all__ = ["BLOCK_MS", "GIVE_UP_AFTER_IDLE", "runner_command"]
+
+_log = logging.getLogger("shop.redis_runner")
+
+BLOCK_MS = 1_000
+"""How long one XREAD BLOCK waits, in milliseconds (a stop is noticed this fast)."""
+
+GIVE_UP_AFTER_IDLE = 60.0
+"""Default ``--give-up-after`` with ``--exit-when-idle``, seconds."""
+
+
+def _print_summary(summary: Summary, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(summary.to_dict()))
+    else:
+        click.echo(summary.text())
+
+
+def runner_command(domain_cli: DomainCli) -> click.Command:
+    """The runner's click command for the domain ``domain_cli`` builds (see the module)."""
+
+    @click.command(cls=CleanErrorsCommand)
+    @connection_options
+    @click.option(
+        "--snapshot-every",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Snapshot after this many records (default: by time only).",
+    )
+    @click.option(
+        "--snapshot-interval",
+        type=FiniteFloat(min=0, min_open=True),
+        default=30.0,
+        show_default=True,
+        help="Seconds between snapshots while records arrive.",
+    )
+    @domain_cli.add_options
+    @click.option("--from-scratch", is_flag=True, help="Ignore the stored snapshot; replay all.")
+    @click.option(
+        "--exit-when-idle", is_flag=True, help="Drain the log, snapshot, print a summary, exit 0."
+    )
+    @click.option(
+        "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+    )
+    @click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True)
+    @click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Catch-up progress bar on stderr (default: when stderr is a terminal).",
+    )
+    @click.option(
+        "--progress-interval",
+        type=FiniteFloat(min=0, min_open=True),
+        default=10.0,
+        show_default=True,
+        help="Seconds between progress log lines.",
+    )
+    @click.option(
+        "--lease-ttl",
+        type=FiniteFloat(min=0.1, max=86_400),
+        default=10.0,
+        show_default=True,
+        help="Seconds the single-writer lease lives without renewal (at most a day).",
+    )
+    @click.option(
+        "--give-up-after",
+        type=FiniteFloat(min=0),
+        default=None,
+        help="Exit 1 after this many seconds of consecutive failed attempts to reach Redis "
+        f"(default: {GIVE_UP_AFTER_IDLE:g} with --exit-when-idle, else retry for ever). "
+        "Wrong passwords, a DB index out of range and keys of another type are never "
+        "retried: they exit 1 at once.",
+    )
+    def main(**options: Any) -> None:
+        """Fold the Redis stream into the domain's state; snapshot; follow the tail.
+
+        Exit status: 0 when drained (--exit-when-idle) or stopped by SIGINT/SIGTERM;
+        1 with one error line if the log does not hold the state's history, Redis
+        refuses for good or stays unreachable for --give-up-after seconds; 2 for
+        bad options.
+        """
+        domain = domain_cli.take(options)
+        _run(domain, **options)
+
+    main.help = (main.help or "").replace("the domain's", f"the {domain_cli.name}'s")
+    return main
+
+
+def _run(
+    domain: Any,
+    *,
+    redis_url: str | None,
+    stream: str,
+    data_dir: Path,
+    snapshot_every: int | None,
+    snapshot_interval: float,
+    from_scratch: bool,
+    exit_when_idle: bool,
+    log_format: str,
+    batch_size: int,
+    progress: bool | None,
+    progress_interval: float,
+    lease_ttl: float,
+    give_up_after: float | None,
+) -> None:
+    stop = threading.Event()
+    current: list[Runner[Any, Any]] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            # Stays installed: a second signal must not kill the final snapshot.
+            _log.warning("%s: already stopping", signal.Signals(signum).name)
+            return
+        stop.set()
+        for r in list(current):
+            r.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    setup_logging(log_format)
+    if give_up_after is None and exit_when_idle:
+        give_up_after = GIVE_UP_AFTER_IDLE
+    keys = StreamKeys.for_stream(stream)
+    url = resolve_url(redis_url, data_dir)
+    _log.info("stream %s at %s", stream, mask_url(url))
+    client = make_client(url, BLOCK_MS)
+    refuse_own_stream(client, stream)
+    log = RedisStreamLog(client, keys.stream, keys.dead)
+    lease = Lease(client, stream, ttl_ms=int(lease_ttl * 1000), snapshot_key=keys.snapshot)
+    store = RedisSnapshotStore(client, keys.snapshot, fencing_token=lease.fencing_token)
+    retry = RetryPolicy(give_up_after=give_up_after)
+    config = RunnerConfig(
+        snapshot_every=snapshot_every,
+        snapshot_interval=snapshot_interval,
+        batch_size=batch_size,
+        block_ms=BLOCK_MS,
+        from_scratch=from_scratch,
+        progress=progress,
+        progress_interval=progress_interval,
+        retry=retry,
+    )
+
+    def on_lost(reason: str) -> None:
+        for r in list(current):
+            r.abandon(f"lease lost: {reason}")
+
+    def on_wait(holder: str | None) -> None:
+        _log.info("lease %s held by %s: waiting for it", lease.key, holder)
+
+    def fail(error: BaseException) -> None:
+        _log.error("%s", clean_error_message(error))
+        sys.exit(1)
+
+    try:
+        while not stop.is_set():
+            runner: Runner[Any, Any] = Runner(log, store, domain, config)
+            current[:] = [runner]
+            if stop.is_set():
+                runner.stop()
+            try:
+                # A large state is read and decoded before the lease is taken,
+                # so no lease can expire while it is being decoded.
+                runner.restore()
+                token = lease.acquire(
+                    stop=stop, on_lost=on_lost, on_wait=on_wait, give_up_after=give_up_after
+                )
+            except Stopped:
+                token = None
+            except (PermanentError, OperationalError, IntegrityError) as e:
+                fail(e)
+            if token is None:
+                _log.info("stopped while waiting for the lease %s", lease.key)
+                break
+            _log.info("lease %s acquired (fencing token %d)", lease.key, token)
+            try:
+                summary = runner.run(exit_when_idle=exit_when_idle)
+            except (IntegrityError, PermanentError, OperationalError) as e:
+                fail(e)
+            finally:
+                current.clear()
+                lease.release()
+            if exit_when_idle and runner.final_snapshot_error is not None:
+                _print_summary(summary, log_format)
+                _log.error(
+                    "%s: --exit-when-idle drained the log but could not save the state; "
+                    "the next start replays from the last stored snapshot",
+                    runner.final_snapshot_error,
+                )
+                sys.exit(1)
+            if summary.stop_reason.startswith("abandoned"):
+                _log.warning("%s; waiting to re-acquire the lease", summary.stop_reason)
+                config = replace(config, from_scratch=False)  # the other holder's snapshot
+                continue
+            if exit_when_idle or summary.stop_reason == "stopped":
+                _print_summary(summary, log_format)
+            break
+    finally:
+        log.close()
+        store.close()
