@@ -4,8 +4,8 @@
 that the parent already loaded and prints one JSON line:
 ``{"events": int, "digest": str, "seconds": float, "maxrss_bytes": int}``.
 
-- ``MODE``: ``replay`` (the runner's loop: read everything with ``read_after``,
-  decode, fold into a ``Transient`` under the runner's GC settings) or
+- ``MODE``: ``replay`` (the real runner from scratch, read-only: read everything
+  with ``read_after``, decode, fold, under the runner's GC settings) or
   ``baseline`` (import and open the log, read nothing), so the parent can
   report the replay's peak RSS and its excess over an idle process;
 - ``BACKEND``/``LOCATION``: ``file PATH`` or ``redis URL#STREAM``.
@@ -23,7 +23,6 @@ import resource
 import sys
 import time
 
-from shop_adapters.codec import Decoder
 from shop_adapters.protocols import EventLog
 from shop_core import EMPTY, state_digest
 
@@ -60,14 +59,14 @@ def main(argv: list[str]) -> int:
     mode, backend, location = argv[:3]
     batch = int(argv[3]) if len(argv) > 3 else 10_000
     log = _open(backend, location)
-    decoder = Decoder()
     state = EMPTY
     n = 0
     t0 = time.perf_counter()
     if mode == "replay":
-        from .replay_vs_snapshot import replay  # the runner's loop
+        from .replay_vs_snapshot import runner_replay  # the real runner
 
-        state, _position, n = replay(log, decoder, batch=batch)
+        _seconds, result = runner_replay(log, batch=batch)
+        state, n = result.state, result.records
     seconds = time.perf_counter() - t0
     log.close()
     maxrss = _peak_rss()

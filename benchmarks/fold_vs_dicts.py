@@ -18,7 +18,7 @@ import gc
 import time
 from collections.abc import Callable
 
-from shop_adapters.workload import synthetic_events
+from shop_adapters.shop_domain.workload import synthetic_events
 from shop_core import EMPTY, Event, Transient, apply, fold, state_digest
 
 from .baseline import as_dicts, fold_dicts

@@ -17,16 +17,18 @@ For each size ``n`` and backend (memory, file, Redis):
 
 - **append**: encode (``codec.encode_event``) and append the events in
   batches of 10,000 (timed once, separately; not part of replay);
-- **replay**: from EMPTY, what the runner does: ``read_after`` in batches of
-  ``--batch`` records, ``Decoder.decode_records``, each batch folded into one
-  ``shop_core.Transient`` (state made immutable once, at the end), under the
-  runner's GC settings (``runner.gc_tuned_for_folding``); also reported: the
-  naive loop, ``shop_core.fold`` per batch with the default GC;
+- **replay**: the real :class:`shop_adapters.runner.Runner` of the shop from
+  scratch, read-only (no snapshot written), timed by the runner itself: its
+  catch-up loop of ``read_after`` batches of ``--batch`` records through
+  ``shop_adapters.catchup.consume`` (decode, fold into the domain's folder,
+  a ``shop_core.Transient``), under the runner's GC settings; also reported:
+  the naive loop, ``shop_core.fold`` per batch with the default GC;
 - **snapshot write**: ``encode_snapshot`` + ``store.write`` of the state after
   ``n - tail`` events (``tail`` = 1,000, or ``n // 2`` below 2,000 events);
   seconds and bytes;
-- **restore**: ``store.read`` + ``decode_snapshot``, then the same replay loop
-  from the snapshot's position (the last ``tail`` events);
+- **restore**: the same runner restoring from the store (its own
+  ``restore_seconds``: ``store.read`` + ``decode_snapshot``) and catching up the
+  last ``tail`` events;
 - **speedup**: replay seconds / restore seconds.
 
 Limits (ceilings), measured in the same run, each beside the figure it bounds:
@@ -65,6 +67,7 @@ import contextlib
 import gc
 import itertools
 import json
+import logging
 import os
 import shlex
 import statistics
@@ -79,78 +82,82 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from returns.result import Failure, Success
 from tqdm import tqdm
 
-from shop_adapters.codec import Decoder, Snapshot, decode_snapshot, encode_event, encode_snapshot
+from shop_adapters.catchup import Replayed, record_anchor
+from shop_adapters.domain import Tally
+from shop_adapters.envelope import Snapshot, encode_snapshot
 from shop_adapters.protocols import ORIGIN, EventLog, Position, Record, SnapshotStore
-from shop_adapters.runner import gc_tuned_for_folding
-from shop_adapters.workload import synthetic_events
-from shop_core import (
-    EMPTY,
-    Event,
-    ShopState,
-    Transient,
-    fold,
-    fold_with_outcomes,
-    state_digest,
-)
+from shop_adapters.runner import Runner, RunnerConfig
+from shop_adapters.shop_domain import ShopDomain
+from shop_adapters.shop_domain.wire import encode_event
+from shop_adapters.shop_domain.workload import synthetic_events
+from shop_adapters.snapshots.memory import MemorySnapshotStore
+from shop_core import EMPTY, Event, ShopState, fold, state_digest
 
 from .baseline import as_dicts, fold_dicts
 
-__all__ = ["main", "parse_sizes", "replay"]
+__all__ = ["main", "parse_sizes", "runner_replay"]
 
+DOMAIN = ShopDomain()
+_QUIET = logging.getLogger("shop.benchmark.runner")
+_QUIET.setLevel(logging.WARNING)
 BACKENDS = ("memory", "file", "redis")
 TAIL = 1_000
 APPEND_BATCH = 10_000
 MEMORY_MAX = 1_000_000
 
 
-# --- the measured loop ---------------------------------------------------------------
+# --- the measured loop: the real runner -----------------------------------------------
 
 
-def replay(
-    log: EventLog,
-    decoder: Decoder,
-    state: ShopState = EMPTY,
-    after: Position = ORIGIN,
-    batch: int = 10_000,
-) -> tuple[ShopState, Position, int]:
-    """Fold every record after ``after`` into ``state`` as the runner does:
-    ``read_after`` batches of ``batch`` records, ``decode_records``, each batch
-    folded into one ``shop_core.Transient`` (the immutable state is taken once,
-    at the end), inside the runner's :func:`gc_tuned_for_folding`.
+def runner_replay(
+    log: EventLog, store: SnapshotStore | None = None, batch: int = 10_000
+) -> tuple[float, Replayed[ShopState]]:
+    """Run the real :class:`~shop_adapters.runner.Runner` of the shop over ``log``
+    until it is idle, restoring from ``store`` (``None``: from scratch).
 
-    Returns ``(state, last position, records read)``.
+    Returns ``(seconds, result)``: the runner's own restore plus catch-up time
+    (:attr:`Runner.restore_seconds` + :attr:`Runner.catch_up_seconds`: reading
+    and decoding the snapshot, then the catch-up loop of ``read_after``
+    batches through :func:`shop_adapters.catchup.consume`, under the runner's
+    GC settings), and the state it reached. No snapshot is written (a
+    read-only run) and the summary's digest is not part of the time.
     """
-    position = after
-    n = 0
-    read_after = log.read_after
-    decode = decoder.decode_records
-    working = Transient(state)
-    with gc_tuned_for_folding(True):
-        while records := read_after(position, batch):
-            pairs, _dead = decode(records)
-            working.fold([e for _, e in pairs])
-            position = records[-1].position
-            n += len(records)
-    return working.persistent(), position, n
+    runner = Runner(
+        log,
+        store if store is not None else MemorySnapshotStore(),
+        DOMAIN,
+        RunnerConfig(
+            batch_size=batch,
+            snapshot_interval=None,
+            progress=False,
+            progress_interval=None,
+            final_snapshot=False,
+        ),
+        logger=_QUIET,
+    )
+    summary = runner.run(exit_when_idle=True)
+    assert runner.restore_seconds is not None and runner.catch_up_seconds is not None
+    result = Replayed(
+        runner.state,
+        summary.last_position,
+        None,
+        summary.records,
+        Tally(summary.accepted, summary.rejected),
+    )
+    return runner.restore_seconds + runner.catch_up_seconds, result
 
 
 def replay_fold_per_batch(
-    log: EventLog,
-    decoder: Decoder,
-    state: ShopState = EMPTY,
-    after: Position = ORIGIN,
-    batch: int = 10_000,
+    log: EventLog, state: ShopState = EMPTY, after: Position = ORIGIN, batch: int = 10_000
 ) -> tuple[ShopState, Position, int]:
-    """The naive loop, for comparison: ``fold`` per batch (an immutable state
-    committed after every batch) and the interpreter's default GC settings."""
+    """The naive loop, for comparison: ``shop_core.fold`` per batch (an immutable
+    state committed after every batch) and the interpreter's default GC settings."""
     position = after
     n = 0
-    read_after = log.read_after
-    decode = decoder.decode_records
-    while records := read_after(position, batch):
+    decode = DOMAIN.decode_records
+    while records := log.read_after(position, batch):
         pairs, _dead = decode(records)
         state = fold((e for _, e in pairs), state)
         position = records[-1].position
@@ -177,13 +184,13 @@ def _xrange_read(client: Any, stream: str, after: Position = ORIGIN, batch: int 
     return n
 
 
-def _decode_only(log: EventLog, decoder: Decoder, batch: int) -> float:
+def _decode_only(log: EventLog, batch: int) -> float:
     """Seconds spent in ``decode_records`` alone over the whole log."""
     position = ORIGIN
     spent = 0.0
     while records := log.read_after(position, batch):
         t0 = time.perf_counter()
-        decoder.decode_records(records)
+        DOMAIN.decode_records(records)
         spent += time.perf_counter() - t0
         position = records[-1].position
     return spent
@@ -206,6 +213,21 @@ def _best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
             t0 = time.perf_counter()
             result = fn()
             best = min(best, time.perf_counter() - t0)
+        finally:
+            gc.unfreeze()
+    return best, result
+
+
+def _best_self_timed(fn: Callable[[], tuple[float, Any]], repeat: int) -> tuple[float, Any]:
+    """As :func:`_best` for a ``fn`` that times itself: returns ``(seconds, result)``."""
+    best = float("inf")
+    result: Any = None
+    for _ in range(max(1, repeat)):
+        gc.collect()
+        gc.freeze()
+        try:
+            seconds, result = fn()
+            best = min(best, seconds)
         finally:
             gc.unfreeze()
     return best, result
@@ -405,7 +427,6 @@ def _measure_backend(
 ) -> BackendResult:
     n = len(events)
     log, store = opened.log, opened.store
-    decoder = Decoder()
     t0 = time.perf_counter()
     positions = _load(log, events, a.progress, f"{backend} {n:,}")
     append_s = time.perf_counter() - t0
@@ -413,14 +434,14 @@ def _measure_backend(
         raise RuntimeError(f"{backend}: appended {n} events, got {len(positions)} positions")
 
     # Check the answer first, then time.
-    state, _pos, count = replay(log, decoder, batch=a.batch)
-    if count != n:
-        raise RuntimeError(f"{backend}: replay read {count} records, expected {n}")
-    replay_s, (state, _pos, _count) = _best(lambda: replay(log, decoder, batch=a.batch), a.repeat)
-    replay_digest = state_digest(state)
-    del state
+    _s, first = runner_replay(log, batch=a.batch)
+    if first.records != n:
+        raise RuntimeError(f"{backend}: replay read {first.records} records, expected {n}")
+    replay_s, replayed = _best_self_timed(lambda: runner_replay(log, batch=a.batch), a.repeat)
+    replay_digest = state_digest(replayed.state)
+    del replayed, first
     transient_s, (tstate, _pos, _count) = _best(
-        lambda: replay_fold_per_batch(log, decoder, batch=a.batch), a.repeat
+        lambda: replay_fold_per_batch(log, batch=a.batch), a.repeat
     )
     if state_digest(tstate) != replay_digest:
         raise RuntimeError(f"{backend}: replay with fold per batch gives another state")
@@ -429,29 +450,27 @@ def _measure_backend(
     if raw_n != n:
         raise RuntimeError(f"{backend}: raw read {raw_n} records, expected {n}")
     adapter_read_s, _ = _best(lambda: _raw_read(log, ORIGIN, a.batch), a.repeat)
-    decode_s = min(_decode_only(log, decoder, a.batch) for _ in range(max(1, a.repeat)))
+    decode_s = min(_decode_only(log, a.batch) for _ in range(max(1, a.repeat)))
 
     tail = _tail(n)
     head = n - tail
-    snap_state, outcomes = fold_with_outcomes(events[:head])
-    snapshot = Snapshot(snap_state, positions[head - 1], head, outcomes)
-    encode_s, blob = _best(lambda: encode_snapshot(snapshot), a.repeat)
+    folder = DOMAIN.folder(EMPTY)
+    tally = folder.fold(events[:head])
+    at = log.read_at(positions[head - 1])
+    if at is None:
+        raise RuntimeError(f"{backend}: no record at {positions[head - 1]}")
+    snapshot = Snapshot(
+        folder.persistent(), positions[head - 1], head, 0, tally, record_anchor(at.fields)
+    )
+    encode_s, blob = _best(lambda: encode_snapshot(snapshot, DOMAIN), a.repeat)
     write_s, _ = _best(lambda: store.write(blob), a.repeat)
-
-    def restore() -> tuple[ShopState, Position, int]:
-        raw = store.read()
-        if raw is None:
-            raise RuntimeError(f"{backend}: the snapshot store is empty after a write")
-        match decode_snapshot(raw):
-            case Success(snap):
-                return replay(log, decoder, snap.state, snap.position, a.batch)
-            case Failure(reason):
-                raise RuntimeError(f"{backend}: snapshot does not decode: {reason}")
-        raise AssertionError("unreachable")
-
-    restore_s, (restored, _rpos, caught_up) = _best(restore, max(a.repeat, 5))
-    if caught_up != tail:
-        raise RuntimeError(f"{backend}: restore caught up {caught_up} records, expected {tail}")
+    restore_s, restored = _best_self_timed(
+        lambda: runner_replay(log, store, a.batch), max(a.repeat, 5)
+    )
+    if restored.records != tail:
+        raise RuntimeError(
+            f"{backend}: restore caught up {restored.records} records, expected {tail}"
+        )
     snap_pos = positions[head - 1]
     restore_ceiling_s, _ = _best(
         lambda: (store.read(), opened.raw_read(snap_pos, a.batch)), max(a.repeat, 5)
@@ -472,7 +491,7 @@ def _measure_backend(
         restore_s=restore_s,
         restore_ceiling_s=restore_ceiling_s,
         replay_digest=replay_digest,
-        restore_digest=state_digest(restored),
+        restore_digest=state_digest(restored.state),
         expected_digest=size.digest,
     )
 
@@ -557,20 +576,21 @@ class _TimedStore:
 def _writer_run(
     log: EventLog, store: SnapshotStore, every: int | None, batch: int
 ) -> dict[str, Any]:
-    from shop_adapters.runner import Runner
-
     timed_log = _TimedLog(log)
     timed_store = _TimedStore(store)
     runner = Runner(
-        timed_log,
-        timed_store,
-        Decoder(),
-        snapshot_every=every,
-        snapshot_interval=None,
-        batch_size=batch,
-        from_scratch=True,
-        progress=False,
-        progress_interval=None,
+        timed_log,  # type: ignore[arg-type]
+        timed_store,  # type: ignore[arg-type]
+        DOMAIN,
+        RunnerConfig(
+            snapshot_every=every,
+            snapshot_interval=None,
+            batch_size=batch,
+            from_scratch=True,
+            progress=False,
+            progress_interval=None,
+        ),
+        logger=_QUIET,
     )
     gc.collect()
     gc.freeze()  # as in _best: the harness's pre-built events are not the runner's
@@ -585,14 +605,14 @@ def _writer_run(
     background = [w for w in timed_store.writes if w[2] == "snapshot-writer"]
     return {
         "snapshot_every": every,
-        "events": summary.events_applied,
+        "events": summary.records,
         "digest": summary.digest,
         "fold_s": fold_s,
-        "rate": summary.events_applied / fold_s,
+        "rate": summary.records / fold_s,
         "batch_p50_ms": 1e3 * statistics.median(batches),
         "batch_p99_ms": 1e3 * _quantile(batches, 0.99),
         "batch_max_ms": 1e3 * max(batches),
-        "snapshots_submitted": summary.events_applied // every if every else 0,
+        "snapshots_submitted": summary.records // every if every else 0,
         "snapshots_background": len(background),
         "snapshot_write_mean_ms": 1e3 * statistics.fmean(w[0] for w in background)
         if background

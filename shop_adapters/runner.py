@@ -118,7 +118,9 @@ class RunnerConfig:
     - ``progress_interval``: seconds between progress log lines (``None``: none);
     - ``retry``: the :class:`~shop_adapters.retry.RetryPolicy` for reads and writes;
     - ``tune_gc``: see :func:`gc_tuned_for_folding` (process-wide: pass
-      ``False`` when the runner shares a process whose GC settings matter).
+      ``False`` when the runner shares a process whose GC settings matter);
+    - ``final_snapshot``: write a snapshot when the run ends normally
+      (``False`` for a read-only run, such as a benchmark's).
     """
 
     snapshot_every: int | None = None
@@ -130,6 +132,7 @@ class RunnerConfig:
     progress_interval: float | None = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     tune_gc: bool = True
+    final_snapshot: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -330,6 +333,10 @@ class Runner(Generic[S, E]):
         self._report_clock = time.monotonic()
         self._report_records = 0
         self._idle_check = 0.0
+        self.restore_seconds: float | None = None
+        """Seconds the last restore took (read and decode the snapshot), once known."""
+        self.catch_up_seconds: float | None = None
+        """Seconds from the first read of :meth:`run` to "caught up", once known."""
 
     # -- control (thread-safe) ---------------------------------------------------
 
@@ -365,12 +372,14 @@ class Runner(Generic[S, E]):
         restored. Retries ``OperationalError`` under the policy; raises
         :class:`~shop_adapters.retry.Stopped` if stopped meanwhile.
         """
+        started = time.perf_counter()
         for attempt in self.config.retry.attempts(
             "reading the snapshot", stop=self._stop, logger=self._logger
         ):
             with attempt:
                 blob = self.store.read()
         self._adopt(blob)
+        self.restore_seconds = time.perf_counter() - started
 
     def _adopt(self, blob: bytes | None) -> None:
         domain = self.domain
@@ -449,7 +458,7 @@ class Runner(Generic[S, E]):
                 reason = self._loop(exit_when_idle)
         finally:
             self._writer.close()
-        if self._abandoned is None and not self._pending_dead:
+        if self._abandoned is None and not self._pending_dead and self.config.final_snapshot:
             self._final_snapshot()
         if self._abandoned is not None:
             reason = "abandoned: " + self._abandoned
@@ -461,6 +470,7 @@ class Runner(Generic[S, E]):
     def _loop(self, exit_when_idle: bool) -> str:
         catching_up = True
         bar = self._progress_bar()
+        started = time.perf_counter()
         try:
             while not self._stop.is_set():
                 try:
@@ -472,6 +482,7 @@ class Runner(Generic[S, E]):
                         bar.update(len(records))
                 elif catching_up:
                     catching_up = False
+                    self.catch_up_seconds = time.perf_counter() - started
                     if bar is not None:
                         bar.close()
                         bar = None
