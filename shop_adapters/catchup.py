@@ -17,13 +17,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .domain import Domain, Folder, Outcome, Tally
 from .errors import GapError, IntegrityError
 from .protocols import ORIGIN, DeadLetter, EventLog, Fields, Position, Record
 
-__all__ = ["Batch", "Replayed", "check_continuity", "consume", "record_anchor", "replay"]
+__all__ = [
+    "Batch",
+    "Checkpoint",
+    "Replayed",
+    "check_continuity",
+    "consume",
+    "record_anchor",
+    "replay",
+]
 
 S = TypeVar("S")
 E = TypeVar("E")
@@ -42,6 +50,15 @@ def record_anchor(fields: Fields) -> str:
     for name, value in fields.items():
         sha.update(b"%d:%s%d:%s" % (len(name), name, len(value), value))
     return sha.hexdigest()
+
+
+class Checkpoint(NamedTuple):
+    """Where a fold stands: its last ``position``, the ``records`` consumed to reach
+    it, and the ``anchor`` of the record at ``position`` (``None`` at the origin)."""
+
+    position: Position
+    records: int
+    anchor: str | None
 
 
 @dataclass(slots=True)

@@ -40,8 +40,9 @@ from typing import Any
 
 import redis
 
-from .errors import IntegrityError, OperationalError, PermanentError
+from .errors import IntegrityError, PermanentError
 from .redis_errors import classify
+from .retry import RetryPolicy, Stopped
 
 __all__ = ["Lease", "default_owner"]
 
@@ -61,25 +62,33 @@ if kind ~= 'none' and kind ~= 'hash' then
   return {-2, kind}
 end
 local fence = redis.call('HGET', KEYS[3], 'fence')
-if fence and (not string.match(fence, '^%d+$') or #fence > 15) then
-  return {-1, fence}
+if fence and (not string.match(fence, '^[1-9]%d*$') or #fence > 19) then
+  if fence ~= '0' then
+    return {-1, fence}
+  end
 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {0, ''}
 end
-local token = redis.call('INCR', KEYS[2])
-if fence and token <= tonumber(fence) then
+local token = tostring(redis.call('INCR', KEYS[2]))
+-- Decimal strings compared by length, then bytewise: exact beyond 2^53.
+if fence and (#token < #fence or (#token == #fence and token <= fence)) then
   redis.call('SET', KEYS[2], fence)
-  token = redis.call('INCR', KEYS[2])
+  token = tostring(redis.call('INCR', KEYS[2]))
 end
 return {1, token}
 """
-# Returns 1 if still ours (TTL extended), 0 otherwise.
+# Returns 1 if still ours (TTL extended), 0 if the key is gone (expired, evicted,
+# deleted), -1 and the holder if someone else holds it.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  return {redis.call('PEXPIRE', KEYS[1], ARGV[2]), ''}
 end
-return 0
+if not holder then
+  return {0, ''}
+end
+return {-1, holder}
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -138,6 +147,9 @@ class Lease:
         self._on_lost: Callable[[str], None] | None = None
         self._stop_renewing = threading.Event()
         self._renewer: threading.Thread | None = None
+        self.longest_gap_s = 0.0
+        """Longest time between two successful renewals so far, in seconds (a
+        renewal is due every ``ttl_ms / 3``; a longer gap means the renewer was starved)."""
 
     @property
     def token(self) -> int | None:
@@ -180,7 +192,7 @@ class Lease:
             text = bytes(value).decode("utf-8", "replace")
             raise IntegrityError(
                 f"snapshot key {self.snapshot_key!r} holds a 'fence' field that is not a "
-                f"fencing token (a decimal number of at most 15 digits): {text[:60]!r}; "
+                f"fencing token (a decimal number of at most 19 digits): {text[:60]!r}; "
                 f"inspect it (HGETALL {self.snapshot_key}) and delete the field or the key"
             )
         if status == 0:
@@ -222,50 +234,38 @@ class Lease:
         stop: threading.Event | None = None,
         on_lost: Callable[[str], None] | None = None,
         on_wait: Callable[[str | None], None] | None = None,
-        give_up_after: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> int | None:
         """Wait (polling every ``poll_s``) until the lease is ours; start renewing.
 
         ``stop``: give up when set (returns ``None``); ``on_lost(reason)``:
         called once, from the renewal thread, if the lease is lost later;
         ``on_wait(holder)``: called once when we first find it held by someone
-        else. Connection errors (:class:`OperationalError`) are retried while
-        waiting, for at most ``give_up_after`` seconds of consecutive failures
-        (``None``: for ever), after which the last one is raised as an
-        ``OperationalError`` saying how long it tried. A
-        :class:`PermanentError` (wrong password, DB index out of range, ...)
-        is raised at once. Returns the token.
+        else. Connection errors (:class:`OperationalError`) are retried under
+        ``retry`` (default :class:`~shop_adapters.retry.RetryPolicy`: for ever),
+        which raises the last one when it gives up. A :class:`PermanentError`
+        (wrong password, DB index out of range, ...) or an
+        :class:`IntegrityError` is raised at once. Returns the token.
         """
+        policy = retry or RetryPolicy()
         waited = False
-        failing_since: float | None = None
-        attempts = 0
-        while stop is None or not stop.is_set():
-            try:
-                token = self.try_acquire()
+        try:
+            while stop is None or not stop.is_set():
+                for attempt in policy.attempts(f"taking the lease {self.key}", stop=stop):
+                    with attempt:
+                        token = self.try_acquire()
+                        if token is None and not waited and on_wait is not None:
+                            on_wait(self.holder())
                 if token is not None:
                     self._start_renewing(on_lost)
                     return token
-                failing_since, attempts = None, 0
-                if not waited and on_wait is not None:
-                    on_wait(self.holder())
                 waited = True
-            except OperationalError as e:
-                now = time.monotonic()
-                attempts += 1
-                if failing_since is None:
-                    failing_since = now
-                if give_up_after is not None and now - failing_since >= give_up_after:
-                    raise OperationalError(
-                        f"cannot reach Redis for the lease {self.key}: gave up after "
-                        f"{attempts} attempt(s) over {now - failing_since:.1f} s "
-                        f"(limit {give_up_after:g} s): {e}"
-                    ) from e
-                _log.warning("cannot reach Redis for the lease (%s); retrying", e)
-            if stop is not None:
-                if stop.wait(self.poll_s):
+                if stop is None:
+                    time.sleep(self.poll_s)
+                elif stop.wait(self.poll_s):
                     break
-            else:
-                time.sleep(self.poll_s)
+        except Stopped:
+            pass
         return None
 
     def _start_renewing(self, on_lost: Callable[[str], None] | None) -> None:
@@ -280,8 +280,9 @@ class Lease:
         last_ok = time.monotonic()
         interval = self.ttl_ms / 3000
         while not stop.wait(interval):
+            attempted = time.monotonic()
             try:
-                ours = int(self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
+                raw: Any = self._renew(keys=[self.key], args=[self.owner, self.ttl_ms])
             except redis.exceptions.RedisError as e:
                 error = classify(e, f"lease renewal {self.key}", self.key)
                 if isinstance(error, PermanentError):
@@ -292,10 +293,20 @@ class Lease:
                     continue
                 self._lost(f"no renewal for {self.ttl_ms} ms ({e})")
                 return
-            if ours:
+            status = int(raw[0])
+            if status == 1:
+                self.longest_gap_s = max(self.longest_gap_s, attempted - last_ok)
                 last_ok = time.monotonic()
                 continue
-            self._lost("the lease is held by someone else (it expired)")
+            stalled = attempted - last_ok
+            if status == 0:
+                why = "the lease key is gone: it expired, was evicted or was deleted"
+            else:
+                holder = bytes(raw[1]).decode("utf-8", "replace")
+                why = f"the lease is held by {holder!r}: it expired and was taken over"
+            if stalled * 1000 >= self.ttl_ms:
+                why += f" (this process did not renew it for {stalled:.1f} s, past its TTL)"
+            self._lost(why)
             return
 
     def _lost(self, reason: str) -> None:

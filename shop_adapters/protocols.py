@@ -184,8 +184,13 @@ class SnapshotStore(Protocol):
     ``.file`` and ``.redis``.
     """
 
-    def write(self, blob: bytes) -> None:
-        """Atomically replace the stored snapshot with ``blob``."""
+    def write(self, blob: bytes, at: tuple[Position, str] | None = None) -> None:
+        """Atomically replace the stored snapshot with ``blob``.
+
+        ``at``: ``(position, anchor)`` of the record the snapshot was folded to
+        (see :func:`shop_adapters.catchup.record_anchor`); a store that can see
+        the log (Redis) refuses the write if the log no longer holds that record.
+        """
         ...
 
     def read(self) -> bytes | None:

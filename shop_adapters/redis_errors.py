@@ -22,23 +22,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 
 from .errors import OperationalError, PermanentError, ShopError
 
-__all__ = ["TRANSIENT_REPLIES", "classify", "own_key_hint", "redis_errors", "refuse_own_stream"]
+__all__ = [
+    "TRANSIENT_REPLIES",
+    "classify",
+    "redis_errors",
+    "refuse_eviction",
+    "refuse_own_stream",
+]
 
 TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY")
 """Error-reply prefixes that mean "retry later", not "you are wrong"."""
 
-_OWN_SUFFIXES = (":snapshot", ":lease:token", ":lease", ":dead")
-
-
-def own_key_hint(key: str | None) -> str:
-    """``"; 'x:snapshot' looks like one of shop's own keys ..."`` when ``key`` ends
-    with one of the suffixes of a stream's companion keys, else ``""``."""
-    return _wrong_type_hint(key)
+_OWN_SUFFIXES = (":snapshot", ":lease:token", ":lease", ":dead", ":outcomes", ":audit")
 
 
 def refuse_own_stream(client: redis.Redis, stream: str) -> None:
@@ -66,8 +67,9 @@ def _wrong_type_hint(key: str | None) -> str:
         if key.endswith(suffix) and len(key) > len(suffix):
             base = key[: -len(suffix)]
             return (
-                f"; {key!r} looks like one of shop's own keys (the {suffix[1:]} key of "
-                f"stream {base!r}): did you mean --stream {base!r}?"
+                f"; {key!r} is the {suffix[1:]} key of the stream {base!r}, and something "
+                f"else stored another kind of value there: inspect it (TYPE {key}) and "
+                "delete or rename it"
             )
     return ""
 
@@ -108,3 +110,25 @@ def redis_errors(what: str, key: str | None = None) -> Iterator[None]:
         yield
     except redis.exceptions.RedisError as e:
         raise classify(e, what, key) from e
+
+
+def refuse_eviction(client: redis.Redis) -> None:
+    """Raise :class:`PermanentError` if the server may evict keys: a ``maxmemory``
+    limit with any ``maxmemory-policy`` but ``noeviction``. Such a server silently
+    drops streams, snapshots and lease tokens under memory pressure, so the log
+    would no longer be the truth. Read from ``INFO memory`` (works where ``CONFIG``
+    is disabled). Source: Redis "Key eviction" docs. Raises ``OperationalError``
+    if Redis is unreachable.
+    """
+    with redis_errors("INFO memory"):
+        info: Any = client.info("memory")
+    limit = int(info.get("maxmemory", 0) or 0)
+    policy = str(info.get("maxmemory_policy", "noeviction"))
+    if limit and policy != "noeviction":
+        raise PermanentError(
+            f"Redis may evict keys: maxmemory is {limit} bytes with maxmemory-policy "
+            f"{policy}, so under memory pressure it would silently drop the stream, its "
+            "snapshot and its lease token. Set maxmemory-policy noeviction (writes are "
+            "then refused when memory is full, and nothing is lost), or pass "
+            "--allow-eviction to run anyway at your own risk"
+        )

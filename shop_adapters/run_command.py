@@ -30,10 +30,11 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+from .catchup import Checkpoint
 from .cli_common import (
     CleanErrorsCommand,
     DomainCli,
@@ -49,7 +50,7 @@ from .errors import IntegrityError, OperationalError, PermanentError
 from .keys import StreamKeys
 from .lease import Lease
 from .logs.redis_stream import RedisStreamLog
-from .redis_errors import refuse_own_stream
+from .redis_errors import refuse_eviction, refuse_own_stream
 from .retry import RetryPolicy, Stopped
 from .runner import Runner, RunnerConfig, Summary
 from .snapshots.redis import RedisSnapshotStore
@@ -127,6 +128,12 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
         "Wrong passwords, a DB index out of range and keys of another type are never "
         "retried: they exit 1 at once.",
     )
+    @click.option(
+        "--allow-eviction",
+        is_flag=True,
+        help="Run even if Redis may evict keys (maxmemory with a policy other than "
+        "noeviction). Unsafe: the stream, snapshot and lease may vanish.",
+    )
     def main(**options: Any) -> None:
         """Fold the Redis stream into the domain's state; snapshot; follow the tail.
 
@@ -158,9 +165,14 @@ def _run(
     progress_interval: float,
     lease_ttl: float,
     give_up_after: float | None,
+    allow_eviction: bool,
 ) -> None:
     stop = threading.Event()
     current: list[Runner[Any, Any]] = []
+
+    def fail(error: BaseException) -> NoReturn:
+        _log.error("%s", clean_error_message(error))
+        sys.exit(1)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
@@ -180,10 +192,17 @@ def _run(
     url = resolve_url(redis_url, data_dir)
     _log.info("stream %s at %s", stream, mask_url(url))
     client = make_client(url, BLOCK_MS)
-    refuse_own_stream(client, stream)
+    try:
+        refuse_own_stream(client, stream)
+        if allow_eviction:
+            _log.warning("--allow-eviction: keys this runner relies on may be evicted")
+        else:
+            refuse_eviction(client)
+    except (PermanentError, OperationalError) as e:
+        fail(e)
     log = RedisStreamLog(client, keys.stream, keys.dead)
     lease = Lease(client, stream, ttl_ms=int(lease_ttl * 1000), snapshot_key=keys.snapshot)
-    store = RedisSnapshotStore(client, keys.snapshot, fencing_token=lease.fencing_token)
+    store = RedisSnapshotStore.for_lease(client, keys.snapshot, lease, keys.stream)
     retry = RetryPolicy(give_up_after=give_up_after)
     config = RunnerConfig(
         snapshot_every=snapshot_every,
@@ -203,13 +222,12 @@ def _run(
     def on_wait(holder: str | None) -> None:
         _log.info("lease %s held by %s: waiting for it", lease.key, holder)
 
-    def fail(error: BaseException) -> None:
-        _log.error("%s", clean_error_message(error))
-        sys.exit(1)
-
+    folded: Checkpoint | None = None  # what this process has folded, across leases
     try:
         while not stop.is_set():
             runner: Runner[Any, Any] = Runner(log, store, domain, config)
+            if folded is not None:
+                runner.expect(folded)
             current[:] = [runner]
             if stop.is_set():
                 runner.stop()
@@ -217,9 +235,7 @@ def _run(
                 # A large state is read and decoded before the lease is taken,
                 # so no lease can expire while it is being decoded.
                 runner.restore()
-                token = lease.acquire(
-                    stop=stop, on_lost=on_lost, on_wait=on_wait, give_up_after=give_up_after
-                )
+                token = lease.acquire(stop=stop, on_lost=on_lost, on_wait=on_wait, retry=retry)
             except Stopped:
                 token = None
             except (PermanentError, OperationalError, IntegrityError) as e:
@@ -245,6 +261,7 @@ def _run(
                 sys.exit(1)
             if summary.stop_reason.startswith("abandoned"):
                 _log.warning("%s; waiting to re-acquire the lease", summary.stop_reason)
+                folded = runner.checkpoint
                 config = replace(config, from_scratch=False)  # the other holder's snapshot
                 continue
             if exit_when_idle or summary.stop_reason == "stopped":

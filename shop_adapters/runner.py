@@ -60,10 +60,10 @@ from typing import Any, Generic, TypeVar
 from returns.result import Failure, Success
 from tqdm import tqdm
 
-from .catchup import check_continuity, consume
+from .catchup import Checkpoint, check_continuity, consume
 from .domain import Domain, Folder, Tally
 from .envelope import Snapshot, decode_snapshot, encode_snapshot, read_header
-from .errors import FencedError, OperationalError, PermanentError
+from .errors import FencedError, IntegrityError, OperationalError, PermanentError
 from .protocols import ORIGIN, DeadLetter, EventLog, Position, Record, SnapshotStore
 from .retry import RetryPolicy, Stopped
 
@@ -199,11 +199,13 @@ class _SnapshotWriter(Generic[S]):
         store: SnapshotStore,
         domain: Domain[S, Any],
         on_fenced: Callable[[str], None],
+        on_fatal: Callable[[Exception], None],
         logger: logging.Logger,
     ) -> None:
         self._store = store
         self._domain = domain
         self._on_fenced = on_fenced
+        self._on_fatal = on_fatal
         self._logger = logger
         self._cond = threading.Condition()
         self._pending: Snapshot[S] | None = None
@@ -246,13 +248,18 @@ class _SnapshotWriter(Generic[S]):
         at = snapshot.position
         try:
             blob = encode_snapshot(snapshot, self._domain)
-            self._store.write(blob)
+            anchor = snapshot.anchor
+            self._store.write(blob, None if anchor is None else (at, anchor))
         except OperationalError as e:
             self._logger.warning("snapshot at %s not written, store unreachable: %s", at, e)
             return False
         except FencedError as e:
             self._logger.error("snapshot at %s refused by the store: %s", at, e)
             self._on_fenced(f"fenced: {e}")
+            return False
+        except IntegrityError as e:
+            self._logger.error("snapshot at %s refused by the store: %s", at, e)
+            self._on_fatal(e)
             return False
         except (PermanentError, OSError) as e:
             self._logger.error("snapshot at %s not written: %s", at, e)
@@ -314,8 +321,9 @@ class Runner(Generic[S, E]):
         self.final_snapshot_error: str | None = None
         """Why the final snapshot of :meth:`run` was not written (refused by the
         store, or still failing after the retries), else ``None``."""
+        self._fatal: Exception | None = None
         self._writer: _SnapshotWriter[S] = _SnapshotWriter(
-            store, domain, self.abandon, self._logger
+            store, domain, self.abandon, self._fail, self._logger
         )
         # The fold's state: only the run() thread writes these.
         self._folder: Folder[S, E] = domain.folder(domain.initial)
@@ -333,6 +341,7 @@ class Runner(Generic[S, E]):
         self._report_clock = time.monotonic()
         self._report_records = 0
         self._idle_check = 0.0
+        self._expected: Checkpoint | None = None
         self.restore_seconds: float | None = None
         """Seconds the last restore took (read and decode the snapshot), once known."""
         self.catch_up_seconds: float | None = None
@@ -351,6 +360,13 @@ class Runner(Generic[S, E]):
             self._abandoned = reason
         self._stop.set()
 
+    def _fail(self, error: Exception) -> None:
+        """End the loop with ``error``, raised by :meth:`run` (the store found the log
+        no longer holds the state's history). Thread-safe."""
+        if self._fatal is None:
+            self._fatal = error
+        self._stop.set()
+
     @property
     def stopping(self) -> bool:
         """Whether :meth:`stop` or :meth:`abandon` was called."""
@@ -360,6 +376,18 @@ class Runner(Generic[S, E]):
     def state(self) -> S:
         """The immutable state after the last consumed record (run() thread only)."""
         return self._folder.persistent()
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """Where the fold stands: position, records consumed, anchor."""
+        return Checkpoint(self.position, self._records, self._anchor)
+
+    def expect(self, checkpoint: Checkpoint) -> None:
+        """Before folding anything, :meth:`run` also checks that the log still holds
+        the history up to ``checkpoint`` (what an earlier runner of this process
+        folded): a log wiped or rolled back while the lease changed hands is
+        then an ``IntegrityError``, never a silent fresh start."""
+        self._expected = checkpoint
 
     # -- restore ------------------------------------------------------------------
 
@@ -447,6 +475,8 @@ class Runner(Generic[S, E]):
                 "checking the log", stop=self._stop, logger=self._logger
             ):
                 with attempt:
+                    if self._expected is not None:
+                        check_continuity(self.log, *self._expected)
                     check_continuity(self.log, self.position, self._records, self._anchor)
         except Stopped:
             return self._summary("stopped", started, lag=None)
@@ -458,8 +488,12 @@ class Runner(Generic[S, E]):
                 reason = self._loop(exit_when_idle)
         finally:
             self._writer.close()
+        if self._fatal is not None:
+            raise self._fatal
         if self._abandoned is None and not self._pending_dead and self.config.final_snapshot:
             self._final_snapshot()
+            if self._fatal is not None:
+                raise self._fatal
         if self._abandoned is not None:
             reason = "abandoned: " + self._abandoned
         lag = 0 if reason == "idle" else self._lag()

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from .._fs import fsync_dir
+from ..protocols import Position
 
 __all__ = ["FileSnapshotStore"]
 
@@ -39,9 +40,9 @@ class FileSnapshotStore:
     def _tmp_prefix(self) -> str:
         return f".{self.path.name}."
 
-    def write(self, blob: bytes) -> None:
+    def write(self, blob: bytes, at: tuple[Position, str] | None = None) -> None:
         """Atomically replace the file's content with ``blob`` (temp file, fsync, rename,
-        fsync directory)."""
+        fsync directory); ``at`` is not checked."""
         fd, tmp = tempfile.mkstemp(prefix=self._tmp_prefix(), suffix=".tmp", dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as f:

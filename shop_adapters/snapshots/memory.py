@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+from ..protocols import Position
+
 __all__ = ["MemorySnapshotStore"]
 
 
@@ -21,8 +23,8 @@ class MemorySnapshotStore:
         self._blob: bytes | None = None
         self._lock = threading.Lock()
 
-    def write(self, blob: bytes) -> None:
-        """Replace the stored blob with a copy of ``blob`` (bytes-like)."""
+    def write(self, blob: bytes, at: tuple[Position, str] | None = None) -> None:
+        """Replace the stored blob with a copy of ``blob`` (bytes-like); ``at`` is not checked."""
         data = bytes(blob)
         with self._lock:
             self._blob = data
