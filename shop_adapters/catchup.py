@@ -21,7 +21,16 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from .domain import Domain, Folder, Outcome, Tally
 from .errors import GapError, IntegrityError
-from .protocols import ORIGIN, DeadLetter, EventLog, Fields, Position, Record
+from .protocols import (
+    ANCHOR_FIELD,
+    ORIGIN,
+    OVERSIZE_FIELD,
+    DeadLetter,
+    EventLog,
+    Fields,
+    Position,
+    Record,
+)
 
 __all__ = [
     "Batch",
@@ -46,6 +55,8 @@ def record_anchor(fields: Fields) -> str:
     >>> record_anchor({b"type": b"TopUp"})
     '7c1c529e0d54d5fd6884754471840f8d4524c7c0'
     """
+    if ANCHOR_FIELD in fields:  # a stand-in for an entry too large to read
+        return fields[ANCHOR_FIELD].decode("ascii")
     sha = hashlib.sha1(usedforsecurity=False)
     for name, value in fields.items():
         sha.update(b"%d:%s%d:%s" % (len(name), name, len(value), value))
@@ -94,6 +105,8 @@ def consume(
     folder as the domain leaves it (the shop's folds a batch all or nothing
     only up to the first raising event).
     """
+    if any(OVERSIZE_FIELD in r.fields for r in records):
+        return _consume_with_oversize(domain, folder, records, outcomes)
     pairs, letters = domain.decode_records(records)
     last = records[-1]
     if not outcomes:
@@ -119,6 +132,51 @@ def consume(
         letters,
         by_position,
     )
+
+
+def _consume_with_oversize(
+    domain: Domain[S, E], folder: Folder[S, E], records: Sequence[Record], outcomes: bool
+) -> Batch:
+    """:func:`consume` of a batch holding stand-ins for entries too large to read:
+    each is dead-lettered with its size, in log order with the rest."""
+    batches: list[Batch] = []
+    run: list[Record] = []
+    for record in [*records, None]:
+        if record is not None and OVERSIZE_FIELD not in record.fields:
+            run.append(record)
+            continue
+        if run:
+            batches.append(consume(domain, folder, run, outcomes=outcomes))
+            run = []
+        if record is not None:
+            size = record.fields[OVERSIZE_FIELD].decode("ascii")
+            letter = DeadLetter(
+                record.position,
+                {},
+                f"entry too large to read: {size} bytes, over the log's entry limit; it "
+                "stays in the log, its fields are not copied here",
+            )
+            batches.append(
+                Batch(
+                    record.position,
+                    1,
+                    record_anchor(record.fields),
+                    Tally(),
+                    [letter],
+                    [(record.position, Outcome("dead_letter", message=letter.reason))]
+                    if outcomes
+                    else None,
+                )
+            )
+    last = batches[-1]
+    out = Batch(last.position, 0, last.anchor, Tally(), [], [] if outcomes else None)
+    for b in batches:
+        out.records += b.records
+        out.tally = out.tally + b.tally
+        out.dead_letters += b.dead_letters
+        if out.outcomes is not None and b.outcomes is not None:
+            out.outcomes += b.outcomes
+    return out
 
 
 @dataclass(slots=True)

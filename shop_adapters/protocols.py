@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
+    "ANCHOR_FIELD",
     "ORIGIN",
+    "OVERSIZE_FIELD",
     "DeadLetter",
     "EventLog",
     "Fields",
@@ -75,6 +77,13 @@ ORIGIN = Position(0, 0)
 
 Fields = Mapping[bytes, bytes]
 """A raw wire entry: field name to value, both bytes, exactly as stored."""
+
+OVERSIZE_FIELD = b"\x00oversize"
+"""In a record a log returns instead of an entry too large to read: the entry's
+size in bytes (decimal). Its :data:`ANCHOR_FIELD` carries the entry's anchor.
+The shell dead-letters such a record with its size; the entry stays in the log."""
+ANCHOR_FIELD = b"\x00anchor"
+"""See :data:`OVERSIZE_FIELD`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -233,6 +233,7 @@ class _SnapshotWriter(Generic[S]):
             self._thread.join()
 
     def _run(self) -> None:
+        failures = 0
         while True:
             with self._cond:
                 while self._pending is None and not self._closed:
@@ -240,8 +241,16 @@ class _SnapshotWriter(Generic[S]):
                 if self._closed:
                     return
                 snapshot, self._pending = self._pending, None
-            if snapshot is not None:
-                self.write(snapshot)
+            if snapshot is None:
+                continue
+            if self.write(snapshot):
+                failures = 0
+                continue
+            # Back off before the next attempt (a full disk fails every time).
+            failures += 1
+            delay = min(60.0, 0.5 * 2 ** min(failures - 1, 10))
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed, timeout=delay)
 
     def write(self, snapshot: Snapshot[S]) -> bool:
         """Encode and write ``snapshot`` now; log one line and return ``False`` on failure."""

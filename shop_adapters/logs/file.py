@@ -27,23 +27,27 @@ Durability (``fsync``)
 - ``"never"``: no fsync; the OS writes back when it likes (data survives a
   process crash, not a power loss).
 
-Recovery on open
-----------------
-The whole file is scanned (under an exclusive ``flock``, so no writer is
-mid-append). A torn last record (short header, short payload, or a bad CRC on
-a record reaching end of file, or a tail of zero bytes) is truncated away with
-a :class:`TornRecordWarning` and a logging warning naming the byte offset. A
-corrupt record with more data after it (bad CRC, or an impossible length)
-raises :class:`~shop_adapters.errors.IntegrityError` naming the file and the
-byte offset: it is never skipped silently. Known limit: a length field
-corrupted to a plausible value that reaches past end of file looks exactly
-like a torn write and is truncated.
+Recovery
+--------
+On open the whole file is scanned, without a lock. A corrupt record with more
+data after it (bad CRC, or an impossible length) raises
+:class:`~shop_adapters.errors.IntegrityError` naming the file and the byte
+offset: it is never skipped silently. An incomplete last record (short header,
+short payload, a bad CRC on a record reaching end of file, or a tail of zero
+bytes) is not indexed: it is a writer mid-append, or a torn write. The next
+``append`` (under an exclusive ``flock``) truncates a torn tail away with a
+:class:`TornRecordWarning` and a logging warning naming the byte offset. Known
+limit: a length field corrupted to a plausible value that reaches past end of
+file looks exactly like a torn write and is truncated.
 
 Concurrency
 -----------
 Several processes may open the same file; appends take ``flock(LOCK_EX)`` and
 first index (and, if torn, truncate) whatever other writers left. Readers never
-lock: records another process is still writing are simply not seen yet.
+lock, so a writer stopped inside ``append`` never blocks them: records another
+process is still writing are simply not seen yet. A file that shrinks, or whose
+last record read changes (truncated and written again), is an
+``IntegrityError`` for its readers, never a silent stall.
 """
 
 from __future__ import annotations
@@ -190,8 +194,7 @@ class _Framed:
             fsync_dir(path.parent)
         self.offsets: array[int] = array("q")
         self.end = 0
-        with self.flock():
-            self.recover()
+        self.refresh()  # no lock: a reader never waits for a writer
 
     @contextmanager
     def flock(self) -> Iterator[None]:
@@ -234,16 +237,45 @@ class _Framed:
             _fdatasync(self.fd)
 
     def refresh(self) -> None:
-        """Index records other writers completed since; never raises for a partial tail."""
+        """Index records other writers completed since, without a lock: a partial
+        last record (a writer mid-append) is simply not indexed yet; a corrupt
+        record with data after it is an ``IntegrityError``, and so is a file that
+        shrank or whose last indexed record changed (truncated and written again)."""
         size = self.size()
         if size < self.end:
             raise IntegrityError(
                 f"{self.path}: file shrank to {size} bytes below the {self.end} already indexed"
             )
-        if size > self.end:
-            scan = _scan(_read_tail(self.fd, self.end, size), self.end, self.path, strict=False)
-            self.offsets.extend(scan.offsets)
-            self.end = scan.end
+        if size == self.end:
+            return
+        if self.offsets:
+            self._check_record(len(self.offsets) - 1)
+        if self.end == 0:
+            with (
+                open(self.fd, "rb", closefd=False) as f,
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm,
+            ):
+                scan = _scan(mm, 0, self.path, strict=True)
+        else:
+            scan = _scan(_read_tail(self.fd, self.end, size), self.end, self.path, strict=True)
+        self.offsets.extend(scan.offsets)
+        self.end = scan.end
+
+    def _check_record(self, index: int) -> None:
+        """``IntegrityError`` unless the record at 0-based ``index`` still holds what
+        was indexed (its length and CRC-32C)."""
+        offset = self.offsets[index]
+        stop = self.offsets[index + 1] if index + 1 < len(self.offsets) else self.end
+        data = os.pread(self.fd, stop - offset, offset)
+        if len(data) == stop - offset:
+            length, expected = _HEADER.unpack_from(data, 0)
+            body = data[_HEADER_SIZE:]
+            if length == len(body) and crc32c.crc32c(body) == expected:
+                return
+        raise IntegrityError(
+            f"{self.path}: the record at byte offset {offset} changed after it was read "
+            "(the file was truncated and written again?); refusing to read on"
+        )
 
     def write(self, frames: list[bytes], fsync: FsyncPolicy) -> None:
         """Append ``frames`` (caller holds :meth:`flock` and has called :meth:`recover`).
@@ -275,10 +307,17 @@ class _Framed:
         self.end = at
 
     def read_range(self, first: int, stop: int) -> bytes:
-        """Bytes of records with 0-based indices ``first..stop-1``."""
+        """Bytes of records with 0-based indices ``first..stop-1``; ``IntegrityError``
+        naming the file and offset if the file no longer holds them all (it shrank)."""
         a = self.offsets[first]
         b = self.offsets[stop] if stop < len(self.offsets) else self.end
-        return os.pread(self.fd, b - a, a)
+        data = os.pread(self.fd, b - a, a)
+        if len(data) != b - a:
+            raise IntegrityError(
+                f"{self.path}: expected {b - a} bytes of records at byte offset {a}, the "
+                f"file holds {len(data)}: it was truncated under the reader"
+            )
+        return data
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -486,7 +525,8 @@ class FileLog:
         return _decode_dead(memoryview(data)[_HEADER_SIZE:], dead.path, dead.offsets[-1]).position
 
     def dead_letter(self, letter: DeadLetter) -> bool:
-        """Append ``letter`` to ``<path>.dead``; ``False`` if that exact dead letter is
+        """Append ``letter`` to ``<path>.dead``; ``False`` if the dead letter of that
+        record (same position and fields; the reason may be worded otherwise) is
         already there (so it is written once per position, across crashes: the
         highest position is re-read on open and under the file lock).
 
@@ -507,10 +547,7 @@ class FileLog:
                         self._dead_max = letter.position
                         return True
         kept = next((d for d in self.dead_letters() if d.position == letter.position), None)
-        stored_reason = letter.reason.encode("utf-8", "backslashreplace").decode("utf-8", "replace")
-        if kept is not None and kept == DeadLetter(
-            letter.position, dict(letter.fields), stored_reason
-        ):
+        if kept is not None and kept.fields == dict(letter.fields):
             return False
         held = "holds no entry at that position" if kept is None else "holds another one there"
         raise IntegrityError(

@@ -114,7 +114,8 @@ class MemoryLog:
             return LogHistory(Position(1, 0) if n else ORIGIN, Position(n, 0), n, n, None)
 
     def dead_letter(self, letter: DeadLetter) -> bool:
-        """Keep ``letter``; ``False`` if this exact dead letter is already kept.
+        """Keep ``letter``; ``False`` if the dead letter of that record (same position
+        and fields; the reason may be worded otherwise) is already kept.
 
         Raises ``IntegrityError`` if its position is at or below the highest
         dead-lettered one and does not hold this letter.
@@ -122,7 +123,7 @@ class MemoryLog:
         with self._cond:
             if self._dead and letter.position <= self._dead[-1].position:
                 kept = next((d for d in self._dead if d.position == letter.position), None)
-                if kept is not None and kept == _plain(letter):
+                if kept is not None and kept.fields == _plain(letter).fields:
                     return False
                 raise IntegrityError(_refused("the dead letters", letter, kept is None))
             self._dead.append(_plain(letter))

@@ -50,12 +50,25 @@ from ..protocols import ORIGIN, DeadLetter, LogHistory, Position, Record
 from ..redis_errors import redis_errors as _redis_errors
 from ._common import check_limit, check_timeout, encode_entries
 
-__all__ = ["BLOCK_MARGIN_MS", "RedisStreamLog", "xadd_once"]
+__all__ = [
+    "BLOCK_MARGIN_MS",
+    "BUDGETED_XRANGE",
+    "DEFAULT_BATCH_BYTES",
+    "DEFAULT_ENTRY_BYTES",
+    "RedisStreamLog",
+    "xadd_once",
+]
 
 BLOCK_MARGIN_MS = 250
 """The client's ``socket_timeout`` must exceed the longest ``BLOCK`` by this much (ms)."""
 
+DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
+"""Default byte budget of one read's reply (sum of the entries' field bytes)."""
+DEFAULT_ENTRY_BYTES = 8 * 1024 * 1024
+"""Default size above which an entry is not read but dead-lettered by reference."""
+
 _FIELD_PREFIX = b"field:"
+_REASON = frozenset({b"reason"})
 _MAX_ID = Position(2**64 - 1, 2**64 - 1)
 
 
@@ -105,15 +118,29 @@ def _xread_entries(reply: Any) -> Sequence[Any] | None:
     return reply[0][1]  # type: ignore[no-any-return]
 
 
+def _same(
+    held: Mapping[bytes, bytes], new: Mapping[bytes, bytes], ignore: frozenset[bytes]
+) -> bool:
+    a = {k: v for k, v in held.items() if k not in ignore}
+    b = {_b(k): _b(v) for k, v in new.items() if _b(k) not in ignore}
+    return a == b
+
+
 def xadd_once(
-    client: redis.Redis, stream: str, entries: Sequence[tuple[Position, Mapping[bytes, bytes]]]
+    client: redis.Redis,
+    stream: str,
+    entries: Sequence[tuple[Position, Mapping[bytes, bytes]]],
+    *,
+    ignore: frozenset[bytes] = frozenset(),
 ) -> list[bool]:
     """``XADD <stream> <id> ...`` for each ``(id, fields)``, in one pipeline, each at most once.
 
     Writing under an explicit ID makes a second write of the same ID fail
     ("equal or smaller than the target stream top item"), so a replay after a
     crash adds nothing twice. A refused write counts as already written
-    (``False``) only if ``XRANGE <stream> <id> <id>`` shows those exact fields;
+    (``False``) only if ``XRANGE <stream> <id> <id>`` shows the same fields
+    (those named in ``ignore``, such as a reason worded differently by another
+    version of the code, are not compared);
     otherwise something else wrote at or past that ID and
     :class:`~shop_adapters.errors.IntegrityError` is raised: nothing is
     dropped silently. Returns, per entry, whether it was written now.
@@ -139,7 +166,7 @@ def xadd_once(
                 raise reply
         with _redis_errors("XRANGE", stream):
             held = _records(client.xrange(stream, str(position), str(position)))
-        if held and dict(held[0].fields) == {_b(k): _b(v) for k, v in fields.items()}:
+        if held and _same(held[0].fields, fields, ignore):
             out.append(False)
             continue
         what = "holds another entry with that ID" if held else "holds no entry with that ID"
@@ -150,6 +177,36 @@ def xadd_once(
             "and move the foreign entries away"
         )
     return out
+
+
+BUDGETED_XRANGE = """
+-- KEYS[1]: the stream. ARGV[1]: start (an exclusive '(ms-seq'), ARGV[2]: COUNT,
+-- ARGV[3]: byte budget of the reply, ARGV[4]: largest entry returned whole (bytes).
+-- Returns the entries of XRANGE <stream> <start> + COUNT <n> while their field bytes
+-- stay within the budget (always at least one), an entry over the limit replaced by
+-- {id, {'\0oversize', size, '\0anchor', sha1}} (the anchor as record_anchor computes it).
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+local budget, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out, total = {}, 0
+for _, entry in ipairs(entries) do
+  local fields, size = entry[2], 0
+  for _, value in ipairs(fields) do size = size + #value end
+  if size > limit then
+    local parts = {}
+    for _, value in ipairs(fields) do parts[#parts + 1] = #value .. ':' .. value end
+    local anchor = redis.sha1hex(table.concat(parts))
+    parts = nil
+    out[#out + 1] = {entry[1], {'\0oversize', tostring(size), '\0anchor', anchor}}
+    size = 64
+  else
+    if #out > 0 and total + size > budget then break end
+    out[#out + 1] = entry
+  end
+  total = total + size
+end
+return out
+"""
+"""The byte-bounded catch-up read (see :meth:`RedisStreamLog.read_after`)."""
 
 
 class RedisStreamLog:
@@ -165,6 +222,11 @@ class RedisStreamLog:
         ``max_block_ms + BLOCK_MARGIN_MS``, else ``ValueError`` here (redis-py
         would otherwise raise ``TimeoutError`` in the middle of a blocking read).
     :param owns_client: whether :meth:`close` closes ``client`` (``from_url`` sets it).
+    :param max_batch_bytes: byte budget of one read (see :meth:`read_after`;
+        ``None``: plain ``XRANGE``, bounded by the count only). A reader's peak
+        memory for entries is about this budget plus one entry.
+    :param max_entry_bytes: an entry larger than this is not read: it is
+        dead-lettered by reference (position and size) and stays in the stream.
     """
 
     def __init__(
@@ -175,6 +237,8 @@ class RedisStreamLog:
         *,
         max_block_ms: int = 1000,
         owns_client: bool = False,
+        max_batch_bytes: int | None = DEFAULT_BATCH_BYTES,
+        max_entry_bytes: int = DEFAULT_ENTRY_BYTES,
     ) -> None:
         if not stream:
             raise ValueError("stream must be a non-empty key name")
@@ -193,6 +257,14 @@ class RedisStreamLog:
         self.dead_stream = dead_stream if dead_stream is not None else f"{stream}:dead"
         self.max_block_ms = max_block_ms
         self._owns_client = owns_client
+        if max_batch_bytes is not None and not 0 < max_entry_bytes <= max_batch_bytes:
+            raise ValueError(
+                f"need 0 < max_entry_bytes <= max_batch_bytes, got {max_entry_bytes} "
+                f"and {max_batch_bytes}"
+            )
+        self.max_batch_bytes = max_batch_bytes
+        self.max_entry_bytes = max_entry_bytes
+        self._budgeted = client.register_script(BUDGETED_XRANGE) if max_batch_bytes else None
 
     @classmethod
     def from_url(
@@ -237,13 +309,31 @@ class RedisStreamLog:
         return [Position.parse(i) for i in ids]
 
     def read_after(self, position: Position, limit: int) -> list[Record]:
-        """``XRANGE <stream> (<position> + COUNT <limit>``: up to ``limit`` (>= 1) records
-        strictly after ``position``; ``[]`` at the end or if the stream does not exist."""
+        """Up to ``limit`` (>= 1) records strictly after ``position``; ``[]`` at the end
+        or if the stream does not exist.
+
+        With ``max_batch_bytes`` (the default): one ``EVALSHA`` of
+        :data:`BUDGETED_XRANGE`, ``XRANGE <stream> (<position> + COUNT <limit>``
+        cut where the entries' bytes would pass ``max_batch_bytes`` (at least one
+        entry), and an entry over ``max_entry_bytes`` replaced by a stand-in
+        record (:data:`~shop_adapters.protocols.OVERSIZE_FIELD`) that the shell
+        dead-letters: the reply, and so the reader's memory, stays bounded
+        whatever the entries. Without: a plain ``XRANGE``.
+        """
         check_limit(limit)
         if position >= _MAX_ID:
             return []
+        start = f"({position}"
         with _redis_errors("XRANGE", self.stream):
-            reply = self.client.xrange(self.stream, f"({position}", "+", count=limit)
+            if self._budgeted is None:
+                reply = self.client.xrange(self.stream, start, "+", count=limit)
+            else:
+                raw: Any = self._budgeted(
+                    keys=[self.stream],
+                    args=[start, limit, self.max_batch_bytes or 0, self.max_entry_bytes],
+                )
+                # A script's reply is raw: each entry's fields a flat [name, value, ...].
+                reply = [(i, dict(zip(f[::2], f[1::2], strict=True))) for i, f in raw]
         return _records(reply)
 
     def wait_after(self, position: Position, limit: int, timeout_ms: int) -> list[Record]:
@@ -257,6 +347,14 @@ class RedisStreamLog:
         check_timeout(timeout_ms)
         if position >= _MAX_ID:
             return []
+        original = limit
+        if self._budgeted is not None:
+            found = self.read_after(position, limit)
+            if found or timeout_ms == 0:
+                return found
+            # Block for one entry only (the reply is bounded by one entry), then
+            # read the rest within the budget.
+            limit = 1
         streams = {self.stream: str(position)}
         if timeout_ms == 0:
             with _redis_errors("XREAD", self.stream):
@@ -272,7 +370,7 @@ class RedisStreamLog:
                 reply = self.client.xread(streams, count=limit, block=block)  # type: ignore[arg-type]
             found = _records(_xread_entries(reply))
             if found:
-                return found
+                return found if self._budgeted is None else self.read_after(position, original)
 
     def last_position(self) -> Position:
         """ID of the last entry (``XREVRANGE + - COUNT 1``), or ORIGIN if empty or missing."""
@@ -345,8 +443,9 @@ class RedisStreamLog:
     def dead_letter(self, letter: DeadLetter) -> bool:
         """``XADD <dead_stream> <position> position <id> reason <text> field:<name> <value>...``.
 
-        Written with :func:`xadd_once`: ``False`` if this dead letter is already
-        there, :class:`~shop_adapters.errors.IntegrityError` if the dead stream
+        Written with :func:`xadd_once`: ``False`` if the dead letter of this
+        record is already there (the same position and fields; the reason may be
+        worded otherwise), :class:`~shop_adapters.errors.IntegrityError` if the dead stream
         already goes past its ID without holding it. Raises ``ValueError`` for
         :data:`ORIGIN` (Redis refuses ID 0-0), ``OperationalError`` if Redis is
         unreachable.
@@ -359,7 +458,9 @@ class RedisStreamLog:
         }
         for name, value in letter.fields.items():
             payload[_FIELD_PREFIX + _b(name)] = _b(value)
-        return xadd_once(self.client, self.dead_stream, [(letter.position, payload)])[0]
+        return xadd_once(
+            self.client, self.dead_stream, [(letter.position, payload)], ignore=_REASON
+        )[0]
 
     def dead_letters(self) -> list[DeadLetter]:
         """All dead letters (``XRANGE <dead_stream>`` in batches of 1,000), in position order."""
