@@ -21,6 +21,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from .domain import Domain, Folder, Outcome, Tally
 from .errors import GapError, IntegrityError
+from .idempotency import DEFAULT_WINDOW, KEY_FIELD, KeyWindow, check_key
 from .protocols import (
     ANCHOR_FIELD,
     ORIGIN,
@@ -77,9 +78,10 @@ class Batch:
     """What became of one batch of records (see :func:`consume`).
 
     ``position``: its last record; ``records``: how many; ``anchor``: the last
-    record's :func:`record_anchor`; ``tally``: the events folded;
-    ``dead_letters``: the records that could not be decoded; ``outcomes``:
-    ``(position, Outcome)`` for every record in log order, when asked for.
+    record's :func:`record_anchor`; ``tally``: the requests decided (duplicates
+    included); ``dead_letters``: the records that could not be decoded;
+    ``outcomes``: ``(position, Outcome)`` for every record in log order, when
+    asked for.
     """
 
     position: Position
@@ -96,93 +98,114 @@ def consume(
     records: Sequence[Record],
     *,
     outcomes: bool = False,
+    keys: KeyWindow | None = None,
+    first_index: int = 1,
 ) -> Batch:
     """Decode ``records`` (non-empty, in log order) and fold the events into ``folder``.
 
-    With ``outcomes``, also the :class:`~shop_adapters.domain.Outcome` of every
-    record (dead letters included) in log order. Decoded events are valid, so
-    the fold does not fail half-way; a decoder or folder that raises leaves the
-    folder as the domain leaves it (the shop's folds a batch all or nothing
-    only up to the first raising event).
+    - ``outcomes``: also give the :class:`~shop_adapters.domain.Outcome` of
+      every record, in log order;
+    - ``keys``: honour idempotency keys with this window (updated in place;
+      see :mod:`shop_adapters.idempotency`); ``first_index`` is the number of
+      the first record of the batch counted from the origin (records consumed
+      before it, plus one).
+
+    A stand-in for an entry too large to read
+    (:data:`~shop_adapters.protocols.OVERSIZE_FIELD`) becomes a dead letter.
+    Decoded events are valid, so the fold does not fail half-way.
     """
-    if any(OVERSIZE_FIELD in r.fields for r in records):
-        return _consume_with_oversize(domain, folder, records, outcomes)
-    pairs, letters = domain.decode_records(records)
     last = records[-1]
-    if not outcomes:
+    if keys is None and not outcomes and not any(OVERSIZE_FIELD in r.fields for r in records):
+        pairs, letters = domain.decode_records(records)
         tally = folder.fold([e for _, e in pairs])
         return Batch(last.position, len(records), record_anchor(last.fields), tally, letters)
-    each = folder.fold_each([e for _, e in pairs])
-    accepted: dict[str, int] = {}
-    rejected: dict[str, int] = {}
-    for out in each:
-        if out.status == "accepted":
-            accepted[out.kind or ""] = accepted.get(out.kind or "", 0) + 1
-        else:
-            rejected[out.code or ""] = rejected.get(out.code or "", 0) + 1
-    by_position = [(p, o) for (p, _), o in zip(pairs, each, strict=True)]
-    by_position += [(d.position, Outcome("dead_letter", message=d.reason)) for d in letters]
-    if letters:
-        by_position.sort(key=lambda po: po[0])
-    return Batch(
-        last.position,
-        len(records),
-        record_anchor(last.fields),
-        Tally(accepted, rejected),
-        letters,
-        by_position,
-    )
+    return _consume_each(domain, folder, records, keys, first_index)
 
 
-def _consume_with_oversize(
-    domain: Domain[S, E], folder: Folder[S, E], records: Sequence[Record], outcomes: bool
+def _consume_each(
+    domain: Domain[S, E],
+    folder: Folder[S, E],
+    records: Sequence[Record],
+    keys: KeyWindow | None,
+    first_index: int,
 ) -> Batch:
-    """:func:`consume` of a batch holding stand-ins for entries too large to read:
-    each is dead-lettered with its size, in log order with the rest."""
-    batches: list[Batch] = []
-    run: list[Record] = []
-    for record in [*records, None]:
-        if record is not None and OVERSIZE_FIELD not in record.fields:
-            run.append(record)
-            continue
-        if run:
-            batches.append(consume(domain, folder, run, outcomes=outcomes))
-            run = []
-        if record is not None:
-            size = record.fields[OVERSIZE_FIELD].decode("ascii")
-            letter = DeadLetter(
+    """The general path of :func:`consume`: one outcome per record."""
+    answers: list[Outcome | None] = [None] * len(records)
+    letters: dict[int, DeadLetter] = {}
+    keyed: dict[int, bytes] = {}  # slot -> key first seen in this record
+    repeats: list[tuple[int, bytes]] = []  # slot -> key seen earlier in this batch
+    to_decode: list[int] = []
+    for slot, record in enumerate(records):
+        fields = record.fields
+        if OVERSIZE_FIELD in fields:
+            size = fields[OVERSIZE_FIELD].decode("ascii")
+            letters[slot] = DeadLetter(
                 record.position,
                 {},
                 f"entry too large to read: {size} bytes, over the log's entry limit; it "
                 "stays in the log, its fields are not copied here",
             )
-            batches.append(
-                Batch(
-                    record.position,
-                    1,
-                    record_anchor(record.fields),
-                    Tally(),
-                    [letter],
-                    [(record.position, Outcome("dead_letter", message=letter.reason))]
-                    if outcomes
-                    else None,
-                )
-            )
-    last = batches[-1]
-    out = Batch(last.position, 0, last.anchor, Tally(), [], [] if outcomes else None)
-    for b in batches:
-        out.records += b.records
-        out.tally = out.tally + b.tally
-        out.dead_letters += b.dead_letters
-        if out.outcomes is not None and b.outcomes is not None:
-            out.outcomes += b.outcomes
-    return out
+            continue
+        key = fields.get(KEY_FIELD) if keys is not None else None
+        if key is not None and keys is not None:
+            why = check_key(key)
+            if why is not None:
+                letters[slot] = DeadLetter(record.position, fields, why)
+                continue
+            index = first_index + slot
+            repeat = keys.classify(key, fields, index)
+            if repeat is not None:
+                answers[slot] = repeat
+                if repeat.status == "duplicate" and repeat.verdict is None:
+                    repeats.append((slot, key))  # its first record is in this batch
+                continue
+            keys.remember(key, fields, index, record.position, None)
+            keyed[slot] = key
+        to_decode.append(slot)
+    pairs, decode_letters = domain.decode_records([records[i] for i in to_decode])
+    by_position = {r.position: i for i, r in ((i, records[i]) for i in to_decode)}
+    for letter in decode_letters:
+        letters[by_position[letter.position]] = letter
+    verdicts = folder.fold_each([e for _, e in pairs])
+    for (position, _), verdict in zip(pairs, verdicts, strict=True):
+        answers[by_position[position]] = verdict
+    for slot, letter in letters.items():
+        answers[slot] = Outcome("dead_letter", message=letter.reason)
+    if keys is not None:
+        for slot, key in keyed.items():
+            keys.settle(key, answers[slot])
+        for slot, key in repeats:
+            answers[slot] = keys.classify(key, records[slot].fields, first_index + slot)
+    accepted: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    duplicates = 0
+    out: list[tuple[Position, Outcome]] = []
+    for record, answer in zip(records, answers, strict=True):
+        assert answer is not None
+        status = answer.status
+        if status == "accepted":
+            accepted[answer.kind or ""] = accepted.get(answer.kind or "", 0) + 1
+        elif status == "rejected":
+            rejected[answer.code or ""] = rejected.get(answer.code or "", 0) + 1
+        elif status == "duplicate":
+            duplicates += 1
+        out.append((record.position, answer))
+    last = records[-1]
+    return Batch(
+        last.position,
+        len(records),
+        record_anchor(last.fields),
+        Tally(accepted, rejected, duplicates),
+        [letters[i] for i in sorted(letters)],
+        out,
+    )
 
 
 @dataclass(slots=True)
 class Replayed(Generic[S]):
     """The result of :func:`replay`: the ``state``, the last ``position`` read, its
-    ``anchor``, ``records`` read, the ``tally`` of the events and the dead letters met."""
+    ``anchor``, ``records`` read, the ``tally`` of the events, the dead letters
+    met and the idempotency ``keys`` window reached."""
 
     state: S
     position: Position
@@ -190,6 +213,7 @@ class Replayed(Generic[S]):
     records: int
     tally: Tally
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    keys: KeyWindow | None = None
 
 
 def replay(
@@ -201,6 +225,9 @@ def replay(
     until: Position | None = None,
     records_before: int = 0,
     anchor: str | None = None,
+    keys: KeyWindow | None = None,
+    key_window: int | None = DEFAULT_WINDOW,
+    outcomes: list[tuple[Position, Outcome]] | None = None,
     batch_size: int = 10_000,
 ) -> Replayed[S]:
     """Read-only fold of the records strictly after ``after`` up to and including
@@ -208,11 +235,16 @@ def replay(
     (default ``domain.initial``), which was folded from ``records_before``
     records ending with the one whose anchor is ``anchor``.
 
-    Writes nothing. Raises ``OperationalError`` from the log and
-    ``GapError``/``IntegrityError`` from :func:`check_continuity`.
+    Idempotency keys are honoured as the runner does: ``keys`` continues a
+    window (a snapshot's), else a fresh one of ``key_window`` records
+    (``None``: keys ignored). With ``outcomes``, the outcome of every record is
+    appended to that list. Writes nothing. Raises ``OperationalError`` from the
+    log and ``GapError``/``IntegrityError`` from :func:`check_continuity`.
     """
     check_continuity(log, after, records_before, anchor)
     folder = domain.folder(domain.initial if state is None else state)
+    if keys is None and key_window is not None:
+        keys = KeyWindow(key_window)
     position, records, tally = after, 0, Tally()
     dead: list[DeadLetter] = []
     while True:
@@ -220,12 +252,21 @@ def replay(
         if until is not None and batch and batch[-1].position > until:
             batch = [r for r in batch if r.position <= until]
         if not batch:
-            return Replayed(folder.persistent(), position, anchor, records, tally, dead)
-        done = consume(domain, folder, batch)
+            return Replayed(folder.persistent(), position, anchor, records, tally, dead, keys)
+        done = consume(
+            domain,
+            folder,
+            batch,
+            outcomes=outcomes is not None,
+            keys=keys,
+            first_index=records_before + records + 1,
+        )
         position, anchor = done.position, done.anchor
         records += done.records
         tally = tally + done.tally
         dead.extend(done.dead_letters)
+        if outcomes is not None and done.outcomes is not None:
+            outcomes.extend(done.outcomes)
 
 
 def check_continuity(

@@ -29,7 +29,7 @@ domain (:mod:`shop_adapters.shop_domain`) shows a faster folder.
 ... )
 >>> folder = counter.folder(counter.initial)
 >>> folder.fold([2, -1, 3])
-Tally(accepted={'int': 2}, rejected={'not_positive': 1})
+Tally(accepted={'int': 2}, rejected={'not_positive': 1}, duplicates=0)
 >>> folder.persistent()
 5
 """

@@ -28,7 +28,7 @@ batches in place, an immutable state on demand) rather than separate
 rejections by code. Tallies add up.
 
 >>> Tally({"TopUp": 2}, {}) + Tally({"TopUp": 1, "Order": 1}, {"out_of_stock": 1})
-Tally(accepted={'Order': 1, 'TopUp': 3}, rejected={'out_of_stock': 1})
+Tally(accepted={'Order': 1, 'TopUp': 3}, rejected={'out_of_stock': 1}, duplicates=0)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any, Protocol, TypeVar
 
 from .protocols import DeadLetter, Position, Record
 
-__all__ = ["Domain", "Folder", "Outcome", "Tally"]
+__all__ = ["STATUSES", "Domain", "Folder", "Outcome", "Tally"]
 
 S = TypeVar("S")
 E = TypeVar("E")
@@ -59,32 +59,39 @@ def _add(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
 
 @dataclass(frozen=True, slots=True)
 class Tally:
-    """What a fold did: ``accepted`` requests by kind (``{"Order": 3}``) and
-    ``rejected`` requests by stable code (``{"out_of_stock": 1}``)."""
+    """What a fold did: ``accepted`` requests by kind (``{"Order": 3}``), ``rejected``
+    requests by stable code (``{"out_of_stock": 1}``) and ``duplicates`` (records
+    answered from an earlier one with the same idempotency key)."""
 
     accepted: Mapping[str, int] = field(default_factory=dict)
     rejected: Mapping[str, int] = field(default_factory=dict)
+    duplicates: int = 0
 
     def __add__(self, other: Tally) -> Tally:
-        return Tally(_add(self.accepted, other.accepted), _add(self.rejected, other.rejected))
+        return Tally(
+            _add(self.accepted, other.accepted),
+            _add(self.rejected, other.rejected),
+            self.duplicates + other.duplicates,
+        )
 
     @property
     def events(self) -> int:
-        """Requests folded: accepted plus rejected."""
-        return sum(self.accepted.values()) + sum(self.rejected.values())
+        """Requests decided: accepted, rejected and duplicates."""
+        return sum(self.accepted.values()) + sum(self.rejected.values()) + self.duplicates
 
-    def to_json(self) -> dict[str, dict[str, int]]:
-        """``{"accepted": {kind: n}, "rejected": {code: n}}``, keys sorted."""
+    def to_json(self) -> dict[str, Any]:
+        """``{"accepted": {kind: n}, "rejected": {code: n}, "duplicates": n}``, keys sorted."""
         return {
             "accepted": dict(sorted(self.accepted.items())),
             "rejected": dict(sorted(self.rejected.items())),
+            "duplicates": self.duplicates,
         }
 
     @classmethod
     def from_json(cls, raw: object) -> Tally:
         """The inverse of :meth:`to_json`; raises ``ValueError`` naming what is wrong."""
-        if type(raw) is not dict or set(raw) != {"accepted", "rejected"}:
-            raise ValueError('a tally is {"accepted": {...}, "rejected": {...}}')
+        if type(raw) is not dict or set(raw) != {"accepted", "rejected", "duplicates"}:
+            raise ValueError('a tally is {"accepted": {...}, "rejected": {...}, "duplicates": n}')
         parts: list[dict[str, int]] = []
         for name in ("accepted", "rejected"):
             counts = raw[name]
@@ -94,7 +101,10 @@ class Tally:
                 if type(n) is not int or n < 0:
                     raise ValueError(f"tally {name}[{k!r:.40}] must be a non-negative int")
             parts.append(counts)
-        return cls(parts[0], parts[1])
+        duplicates = raw["duplicates"]
+        if type(duplicates) is not int or duplicates < 0:
+            raise ValueError("tally duplicates must be a non-negative int")
+        return cls(parts[0], parts[1], duplicates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +116,10 @@ class Outcome:
     - ``code`` and ``message``: the stable rejection code and its text (a dead
       letter's reason in ``message``);
     - ``detail``: what the domain says about an accepted request (for a shop
-      order, ``{"total": 300}``), JSON-ready.
+      order, ``{"total": 300}``), JSON-ready;
+    - ``duplicate_of``: for a duplicate, the position of the first record with
+      its idempotency key; ``verdict``: the first record's status (its kind,
+      code, message and detail are carried too).
     """
 
     status: str
@@ -114,6 +127,43 @@ class Outcome:
     code: str | None = None
     message: str | None = None
     detail: Mapping[str, Json] | None = None
+    duplicate_of: Position | None = None
+    verdict: str | None = None
+
+    def to_json(self) -> dict[str, Json]:
+        """The non-empty members as a JSON-ready dict (``duplicate_of`` as ``"ms-seq"``).
+
+        >>> Outcome("rejected", "Order", "out_of_stock", "none left").to_json()
+        {'status': 'rejected', 'kind': 'Order', 'code': 'out_of_stock', 'message': 'none left'}
+        """
+        out: dict[str, Json] = {"status": self.status}
+        for name in ("kind", "code", "message", "detail", "verdict"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.duplicate_of is not None:
+            out["duplicate_of"] = str(self.duplicate_of)
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Json]) -> Outcome:
+        """The inverse of :meth:`to_json`; ``ValueError`` or ``KeyError`` for anything else."""
+        if raw.get("status") not in STATUSES:
+            raise ValueError(f"unknown outcome status {raw.get('status')!r:.40}")
+        duplicate_of = raw.get("duplicate_of")
+        return cls(
+            raw["status"],
+            raw.get("kind"),
+            raw.get("code"),
+            raw.get("message"),
+            raw.get("detail"),
+            None if duplicate_of is None else Position.parse(duplicate_of),
+            raw.get("verdict"),
+        )
+
+
+STATUSES = frozenset({"accepted", "rejected", "dead_letter", "duplicate"})
+"""Every :attr:`Outcome.status`."""
 
 
 class Folder(Protocol[S_co, E_contra]):

@@ -8,8 +8,8 @@ snapshot is executed)::
     SHOPSNAP\\n
     {"format_version":2,"domain":"shop","semantics_version":1,"config_digest":null,
      "position":"5-9","records":12,"dead_letters":1,"tally":{..},"anchor":"<hex>",
-     "body_length":N}\\n
-    <body: N bytes, domain.encode_state(state)>
+     "key_window":100000,"body_length":N,"keys_length":K}\\n
+    <body: N bytes, domain.encode_state(state)><keys: K bytes, KeyWindow.encode()>
     \\nsha256:<64 hex digits: SHA-256 of every byte before this line>\\n
 
 - ``records``: log records consumed up to ``position``, whatever became of
@@ -18,7 +18,10 @@ snapshot is executed)::
 - ``config_digest``: the folding domain's ``config_digest`` (``null`` for none);
 - ``anchor``: :func:`shop_adapters.catchup.record_anchor` of the record at
   ``position`` (``null`` at the origin), so a reader can tell whether the log
-  still holds the record the state was folded to.
+  still holds the record the state was folded to;
+- ``key_window``: the idempotency window in records (``null``: keys not
+  honoured), and the remembered keys after the body
+  (:mod:`shop_adapters.idempotency`).
 
 :func:`decode_snapshot` refuses (``Failure(reason)``) anything it cannot trust:
 empty, truncated, another format or format version (format 1, written before
@@ -39,6 +42,7 @@ from returns.result import Failure, Result, Success
 
 from ._json import strict_json
 from .domain import Domain, Tally
+from .idempotency import KeyWindow
 from .protocols import ORIGIN, Position
 
 __all__ = [
@@ -70,7 +74,9 @@ _KEYS = frozenset(
         "dead_letters",
         "tally",
         "anchor",
+        "key_window",
         "body_length",
+        "keys_length",
     }
 )
 
@@ -88,7 +94,8 @@ class Snapshot(Generic[S]):
     - ``records``: records consumed up to ``position`` (events and dead letters);
     - ``dead_letters``: how many of them were dead letters;
     - ``tally``: cumulative :class:`~shop_adapters.domain.Tally` of the events;
-    - ``anchor``: fingerprint of the record at ``position`` (``None`` at the origin).
+    - ``anchor``: fingerprint of the record at ``position`` (``None`` at the origin);
+    - ``keys``: the remembered idempotency keys (``None``: keys not honoured).
     """
 
     state: S
@@ -97,13 +104,16 @@ class Snapshot(Generic[S]):
     dead_letters: int = 0
     tally: Tally = field(default_factory=Tally)
     anchor: str | None = None
+    keys: KeyWindow | None = None
 
 
 class Header(NamedTuple):
-    """Where a stored snapshot claims to be: its ``position`` and ``records`` consumed."""
+    """Where a stored snapshot claims to be: its ``position``, ``records`` consumed,
+    and the idempotency ``key_window`` it was folded with (``None``: none)."""
 
     position: Position
     records: int
+    key_window: int | None
 
 
 def read_header(blob: bytes) -> Header | None:
@@ -114,7 +124,12 @@ def read_header(blob: bytes) -> Header | None:
         header, _ = _header(bytes(blob))
         position = Position.parse(header["position"])
         records = header.get("records", header.get("events_folded", 0))
-        return Header(position, records if type(records) is int else 0)
+        window = header.get("key_window")
+        return Header(
+            position,
+            records if type(records) is int else 0,
+            window if type(window) is int else None,
+        )
     except (_Invalid, KeyError, TypeError, ValueError):
         return None
 
@@ -125,6 +140,7 @@ def encode_snapshot(snapshot: Snapshot[S], domain: Domain[S, Any]) -> bytes:
     Equal snapshots give equal bytes when the domain's body is canonical.
     """
     body = domain.encode_state(snapshot.state)
+    keys = b"" if snapshot.keys is None else snapshot.keys.encode()
     header = {
         "format_version": FORMAT_VERSION,
         "domain": domain.name,
@@ -135,29 +151,36 @@ def encode_snapshot(snapshot: Snapshot[S], domain: Domain[S, Any]) -> bytes:
         "dead_letters": snapshot.dead_letters,
         "tally": snapshot.tally.to_json(),
         "anchor": snapshot.anchor,
+        "key_window": None if snapshot.keys is None else snapshot.keys.size,
         "body_length": len(body),
+        "keys_length": len(keys),
     }
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     sha = hashlib.sha256(_MAGIC)
     sha.update(head)
     sha.update(b"\n")
     sha.update(body)
+    sha.update(keys)
     trailer = _TRAILER_PREFIX + sha.hexdigest().encode("ascii") + b"\n"
-    return b"".join((_MAGIC, head, b"\n", body, trailer))
+    return b"".join((_MAGIC, head, b"\n", body, keys, trailer))
 
 
-def decode_snapshot(blob: bytes, domain: Domain[S, Any]) -> Result[Snapshot[S], str]:
+def decode_snapshot(
+    blob: bytes, domain: Domain[S, Any], key_window: int | None = None
+) -> Result[Snapshot[S], str]:
     """Read a snapshot of ``domain``: ``Success(snapshot)`` or ``Failure(reason)``.
 
-    Never raises for bad input and never executes anything (see the module
-    docstring for the reasons).
+    ``key_window``: the reader's idempotency window (records), ``None`` if it
+    honours no keys; a snapshot taken with another one is refused. Never raises
+    for bad input and never executes anything (see the module docstring for
+    the reasons).
 
     >>> from shop_adapters.shop_domain import ShopDomain
     >>> decode_snapshot(b"\\x80\\x04K\\x01.", ShopDomain())
     <Failure: not a shop snapshot (looks like a pickle; never unpickled)>
     """
     try:
-        return Success(_decode(blob, domain))
+        return Success(_decode(blob, domain, key_window))
     except _Invalid as exc:
         return Failure(exc.args[0])
 
@@ -205,7 +228,7 @@ def _header(blob: bytes) -> tuple[dict[str, Any], int]:
     return header, end + 1
 
 
-def _decode(blob: bytes, domain: Domain[S, Any]) -> Snapshot[S]:
+def _decode(blob: bytes, domain: Domain[S, Any], key_window: int | None) -> Snapshot[S]:
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise _Invalid(f"a snapshot is bytes, got {type(blob).__name__}")
     blob = bytes(blob)
@@ -223,7 +246,8 @@ def _decode(blob: bytes, domain: Domain[S, Any]) -> Snapshot[S]:
         what = f"missing field {missing[0]!r}" if missing else f"unexpected field {extra[0]!r:.80}"
         raise _Invalid(f"corrupt snapshot header: {what}")
     body_length = _nat(header, "body_length")
-    expected = start + body_length + _TRAILER_LEN
+    keys_length = _nat(header, "keys_length")
+    expected = start + body_length + keys_length + _TRAILER_LEN
     if len(blob) != expected:
         kind = "truncated" if len(blob) < expected else "corrupt"
         raise _Invalid(f"{kind} snapshot: {len(blob)} bytes, the header announces {expected}")
@@ -268,8 +292,26 @@ def _decode(blob: bytes, domain: Domain[S, Any]) -> Snapshot[S]:
             f"corrupt snapshot header: {records} records cannot hold {dead} dead letters "
             f"and {tally.events} events"
         )
+    window = header["key_window"]
+    if window != key_window:
+        raise _Invalid(
+            f"snapshot was folded with another idempotency window (snapshot: "
+            f"{_window(window)}, running: {_window(key_window)}); rebuild by replay"
+        )
+    keys: KeyWindow | None = None
+    if window is not None:
+        try:
+            keys = KeyWindow.decode(blob[start + body_length : start + body_length + keys_length])
+        except ValueError as exc:
+            raise _Invalid(f"corrupt snapshot keys: {exc}") from None
+        if keys.size != window:
+            raise _Invalid("corrupt snapshot keys: the window size differs from the header's")
     try:
         state = domain.decode_state(blob[start : start + body_length])
     except ValueError as exc:
         raise _Invalid(f"corrupt snapshot body: {exc}") from None
-    return Snapshot(state, position, records, dead, tally, anchor)
+    return Snapshot(state, position, records, dead, tally, anchor, keys)
+
+
+def _window(size: object) -> str:
+    return "no keys" if size is None else f"{size} records"

@@ -41,9 +41,10 @@ from .cli_common import (
     resolve_url,
     setup_logging,
 )
-from .domain import Domain, Tally
-from .envelope import Snapshot, decode_snapshot
+from .domain import Domain, Outcome, Tally
+from .envelope import Snapshot, decode_snapshot, read_header
 from .errors import GapError, IntegrityError, OperationalError
+from .journals import OutcomeJournal, RedisOutcomeJournal
 from .keys import StreamKeys
 from .logs.redis_stream import RedisStreamLog
 from .protocols import ORIGIN, DeadLetter, EventLog, Position, SnapshotStore
@@ -57,11 +58,14 @@ _log = logging.getLogger("shop.inspect")
 def latest_snapshot(
     store: SnapshotStore, domain: Domain[Any, Any]
 ) -> tuple[Snapshot[Any] | None, str | None]:
-    """``(snapshot, None)``, ``(None, None)`` if absent, ``(None, reason)`` if unusable."""
+    """``(snapshot, None)``, ``(None, None)`` if absent, ``(None, reason)`` if unusable.
+    The snapshot is read with the idempotency window it was folded with."""
     blob = store.read()
     if blob is None:
         return None, None
-    match decode_snapshot(blob, domain):
+    header = read_header(blob)
+    window = header.key_window if header is not None else None
+    match decode_snapshot(blob, domain, window):
         case Success(snap):
             return snap, None
         case Failure(why):
@@ -100,6 +104,11 @@ class _Ctx:
     @property
     def store(self) -> SnapshotStore:
         return self._connect()[1]
+
+    @property
+    def journal(self) -> OutcomeJournal:
+        log, _ = self._connect()
+        return RedisOutcomeJournal(log.client, self.keys.outcomes)
 
     def close(self) -> None:
         if self._log is not None:
@@ -215,6 +224,8 @@ def _state(obj: _Ctx, as_json: bool, at: str | None) -> None:
                 until=until,
                 records_before=snap.records,
                 anchor=snap.anchor,
+                keys=snap.keys,
+                key_window=None,
             )
         else:
             start = ORIGIN
@@ -255,7 +266,9 @@ def _verify(obj: _Ctx) -> None:
         if snap is None:
             _fail(f"no usable snapshot: {why}" if why else "no snapshot to verify")
             return
-        rebuilt = replay(obj.log, domain, until=snap.position)
+        window = None if snap.keys is None else snap.keys.size
+        outcomes: list[tuple[Position, Outcome]] = []
+        rebuilt = replay(obj.log, domain, until=snap.position, key_window=window, outcomes=outcomes)
     except GapError as e:
         at = "?" if snap is None else str(snap.position)
         _fail(
@@ -286,13 +299,65 @@ def _verify(obj: _Ctx) -> None:
         diff = f"records folded: rebuilt {rebuilt.records}, snapshot {snap.records}"
     if diff is None and rebuilt.anchor != snap.anchor:
         diff = f"the record at {snap.position} is not the one the snapshot was folded to"
+    if diff is None and rebuilt.keys is not None and snap.keys is not None:
+        rebuilt.keys.expire(rebuilt.records)
+        snap.keys.expire(snap.records)
+        if rebuilt.keys.encode() != snap.keys.encode():
+            diff = "the remembered idempotency keys differ"
     if diff is not None:
         _fail(f"snapshot at {snap.position} differs from the rebuild: {diff}")
         return
+    try:
+        journal_diff, published = _compare_journal(obj.journal, outcomes)
+    except OperationalError as e:
+        _fail(f"{type(e).__name__}: {e}")
+        return
+    if journal_diff is not None:
+        _fail(f"the outcome journal differs from the rebuild: {journal_diff}")
+        return
     click.echo(
         f"ok: snapshot at {snap.position} equals the rebuild from scratch "
-        f"({snap.records} records, digest {domain.digest(rebuilt.state)})"
+        f"({snap.records} records, digest {domain.digest(rebuilt.state)}); "
+        f"outcome journal: {published} of {len(outcomes)} outcomes published, all equal"
     )
+
+
+def _compare_journal(
+    journal: OutcomeJournal, rebuilt: list[tuple[Position, Outcome]]
+) -> tuple[str | None, int]:
+    """The first difference between the published outcomes and ``rebuilt`` (their
+    rebuild, in order), and how many were published. Outcomes published before
+    the journal existed may be absent at the start; none may be absent after one
+    was published, and each published one must equal its rebuild."""
+    published = journal.read_after(ORIGIN, 10_000)
+    if not published:
+        return None, 0
+    at = {p: i for i, (p, _) in enumerate(rebuilt)}
+    start = at.get(published[0][0])
+    if start is None:
+        return f"it holds an outcome at {published[0][0]}, which no record has", 0
+    count = 0
+    expected = iter(rebuilt[start:])
+    after = ORIGIN
+    while published:
+        for position, outcome in published:
+            want = next(expected, None)
+            if want is None:
+                return None, count  # published past the snapshot: not compared
+            if want[0] != position:
+                return f"the outcome of {want[0]} is missing (next is {position})", count
+            if want[1] != outcome:
+                return (
+                    f"at {position}: published {outcome.to_json()}, rebuilt {want[1].to_json()}",
+                    count,
+                )
+            count += 1
+            after = position
+        published = journal.read_after(after, 10_000)
+    missing = next(expected, None)
+    if missing is not None:
+        return f"the outcome of {missing[0]} is missing (the journal ends at {after})", count
+    return None, count
 
 
 @click.command("dead-letters")

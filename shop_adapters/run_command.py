@@ -3,7 +3,9 @@
 ``runner_command(domain_cli)`` builds the click command that folds one Redis
 stream with :class:`~shop_adapters.runner.Runner`: it reads and decodes the
 stored snapshot, takes the single-writer lease ``<stream>:lease`` (see
-:mod:`shop_adapters.lease`), runs, and releases the lease. A second runner on
+:mod:`shop_adapters.lease`), runs, publishing the outcome of every record to
+``<stream>:outcomes`` (:class:`~shop_adapters.journals.RedisOutcomeJournal`)
+and honouring idempotency keys, and releases the lease. A second runner on
 the same stream waits for the lease and takes over when the first one stops
 or dies. ``python -m shop_adapters.redis_runner`` is this command for the shop;
 your own domain gets the same command with ``runner_command(DomainCli(...))``.
@@ -47,6 +49,8 @@ from .cli_common import (
     setup_logging,
 )
 from .errors import IntegrityError, OperationalError, PermanentError
+from .idempotency import DEFAULT_WINDOW
+from .journals import RedisOutcomeJournal
 from .keys import StreamKeys
 from .lease import Lease
 from .logs.redis_stream import RedisStreamLog
@@ -129,6 +133,14 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
         "retried: they exit 1 at once.",
     )
     @click.option(
+        "--key-window",
+        type=click.IntRange(min=1),
+        default=DEFAULT_WINDOW,
+        show_default=True,
+        help="Remember each idempotency key for this many records (a duplicate within "
+        "them is answered, not applied). Changing it rebuilds the state by replay.",
+    )
+    @click.option(
         "--allow-eviction",
         is_flag=True,
         help="Run even if Redis may evict keys (maxmemory with a policy other than "
@@ -166,6 +178,7 @@ def _run(
     lease_ttl: float,
     give_up_after: float | None,
     allow_eviction: bool,
+    key_window: int,
 ) -> None:
     stop = threading.Event()
     current: list[Runner[Any, Any]] = []
@@ -204,6 +217,7 @@ def _run(
     lease = Lease(client, stream, ttl_ms=int(lease_ttl * 1000), snapshot_key=keys.snapshot)
     store = RedisSnapshotStore.for_lease(client, keys.snapshot, lease, keys.stream)
     retry = RetryPolicy(give_up_after=give_up_after)
+    journal = RedisOutcomeJournal(client, keys.outcomes, max_block_ms=BLOCK_MS)
     config = RunnerConfig(
         snapshot_every=snapshot_every,
         snapshot_interval=snapshot_interval,
@@ -213,6 +227,7 @@ def _run(
         progress=progress,
         progress_interval=progress_interval,
         retry=retry,
+        key_window=key_window,
     )
 
     def on_lost(reason: str) -> None:
@@ -225,7 +240,7 @@ def _run(
     folded: Checkpoint | None = None  # what this process has folded, across leases
     try:
         while not stop.is_set():
-            runner: Runner[Any, Any] = Runner(log, store, domain, config)
+            runner: Runner[Any, Any] = Runner(log, store, domain, config, journal=journal)
             if folded is not None:
                 runner.expect(folded)
             current[:] = [runner]

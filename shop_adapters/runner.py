@@ -61,9 +61,11 @@ from returns.result import Failure, Success
 from tqdm import tqdm
 
 from .catchup import Checkpoint, check_continuity, consume
-from .domain import Domain, Folder, Tally
+from .domain import Domain, Folder, Outcome, Tally
 from .envelope import Snapshot, decode_snapshot, encode_snapshot, read_header
 from .errors import FencedError, IntegrityError, OperationalError, PermanentError
+from .idempotency import DEFAULT_WINDOW, KeyWindow
+from .journals import OutcomeJournal
 from .protocols import ORIGIN, DeadLetter, EventLog, Position, Record, SnapshotStore
 from .retry import RetryPolicy, Stopped
 
@@ -120,7 +122,9 @@ class RunnerConfig:
     - ``tune_gc``: see :func:`gc_tuned_for_folding` (process-wide: pass
       ``False`` when the runner shares a process whose GC settings matter);
     - ``final_snapshot``: write a snapshot when the run ends normally
-      (``False`` for a read-only run, such as a benchmark's).
+      (``False`` for a read-only run, such as a benchmark's);
+    - ``key_window``: honour idempotency keys, remembering each for this many
+      records (:mod:`shop_adapters.idempotency`); ``None``: ignore keys.
     """
 
     snapshot_every: int | None = None
@@ -133,6 +137,7 @@ class RunnerConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     tune_gc: bool = True
     final_snapshot: bool = True
+    key_window: int | None = DEFAULT_WINDOW
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -145,6 +150,8 @@ class RunnerConfig:
             )
         if self.block_ms < 1:
             raise ValueError(f"block_ms must be >= 1, got {self.block_ms}")
+        if self.key_window is not None and self.key_window < 1:
+            raise ValueError(f"key_window must be >= 1 records or None, got {self.key_window}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +159,8 @@ class Summary:
     """What a run did.
 
     This run: ``records`` consumed, ``accepted`` (``{kind: count}``),
-    ``rejected`` (``{code: count}``), ``dead_letters``, ``snapshots_written``.
+    ``rejected`` (``{code: count}``), ``duplicates`` (repeats of an idempotency
+    key, answered and not applied), ``dead_letters``, ``snapshots_written``.
     Cumulative since the origin (snapshot counters included):
     ``total_records``, ``total_dead_letters``. ``last_position``: the last
     record consumed; ``lag``: records appended after it (``None`` if the log
@@ -165,6 +173,7 @@ class Summary:
     records: int
     accepted: Mapping[str, int]
     rejected: Mapping[str, int]
+    duplicates: int
     dead_letters: int
     last_position: Position
     lag: int | None
@@ -298,6 +307,8 @@ class Runner(Generic[S, E]):
     - ``log``, ``store``: any :class:`EventLog` and :class:`SnapshotStore`;
     - ``domain``: the :class:`~shop_adapters.domain.Domain` that folds the log;
     - ``config``: a :class:`RunnerConfig`;
+    - ``journal``: where to publish the outcome of every record
+      (:mod:`shop_adapters.journals`; ``None``: no outcome journal);
     - ``logger``: where progress and warnings go (default ``shop.runner``).
 
     :meth:`run` raises :class:`~shop_adapters.errors.GapError` or
@@ -315,6 +326,7 @@ class Runner(Generic[S, E]):
         domain: Domain[S, E],
         config: RunnerConfig | None = None,
         *,
+        journal: OutcomeJournal | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         config = config or RunnerConfig()
@@ -324,6 +336,7 @@ class Runner(Generic[S, E]):
         self.store = store
         self.domain = domain
         self.config = config
+        self.journal = journal
         self._logger = logger or _log
         self._stop = threading.Event()
         self._abandoned: str | None = None
@@ -343,6 +356,11 @@ class Runner(Generic[S, E]):
         self._tally = Tally()
         self._run = _Run()
         self._pending_dead: list[DeadLetter] = []
+        self._pending_outcomes: list[tuple[Position, Outcome]] = []
+        self._journal_tail: Position | None = None
+        self._keys: KeyWindow | None = (
+            None if config.key_window is None else KeyWindow(config.key_window)
+        )
         self._restored: tuple[bytes | None, Position | None] | None = None
         self._hold_snapshots_until: Position = ORIGIN
         self._since_snapshot = 0
@@ -423,6 +441,8 @@ class Runner(Generic[S, E]):
         state, self.position, self._anchor = domain.initial, ORIGIN, None
         self._records = self._dead = 0
         self._tally = Tally()
+        window = self.config.key_window
+        self._keys = None if window is None else KeyWindow(window)
         restored: Position | None = None
         self._hold_snapshots_until = ORIGIN
         if self.config.from_scratch:
@@ -436,9 +456,10 @@ class Runner(Generic[S, E]):
         elif blob is None:
             self._logger.info("no snapshot: replaying the log from the origin")
         else:
-            match decode_snapshot(blob, domain):
+            match decode_snapshot(blob, domain, window):
                 case Success(snap):
                     state, self.position, self._anchor = snap.state, snap.position, snap.anchor
+                    self._keys = snap.keys
                     self._records, self._dead, self._tally = (
                         snap.records,
                         snap.dead_letters,
@@ -487,6 +508,9 @@ class Runner(Generic[S, E]):
                     if self._expected is not None:
                         check_continuity(self.log, *self._expected)
                     check_continuity(self.log, self.position, self._records, self._anchor)
+                    if self.journal is not None:
+                        # Outcomes up to here were published by an earlier run.
+                        self._journal_tail = self.journal.last_position()
         except Stopped:
             return self._summary("stopped", started, lag=None)
         if self._abandoned is not None:
@@ -499,7 +523,8 @@ class Runner(Generic[S, E]):
             self._writer.close()
         if self._fatal is not None:
             raise self._fatal
-        if self._abandoned is None and not self._pending_dead and self.config.final_snapshot:
+        pending = self._pending_dead or self._pending_outcomes
+        if self._abandoned is None and not pending and self.config.final_snapshot:
             self._final_snapshot()
             if self._fatal is not None:
                 raise self._fatal
@@ -577,7 +602,14 @@ class Runner(Generic[S, E]):
 
     def _consume(self, records: list[Record]) -> None:
         """Fold one batch through the catch-up step; the position moves at the end."""
-        batch = consume(self.domain, self._folder, records)
+        batch = consume(
+            self.domain,
+            self._folder,
+            records,
+            outcomes=self.journal is not None,
+            keys=self._keys,
+            first_index=self._records + 1,
+        )
         self.position, self._anchor = batch.position, batch.anchor
         self._records += batch.records
         self._dead += len(batch.dead_letters)
@@ -587,20 +619,33 @@ class Runner(Generic[S, E]):
         self._run.tally = self._run.tally + batch.tally
         self._since_snapshot += batch.records
         self._pending_dead.extend(batch.dead_letters)
+        if batch.outcomes is not None and self.journal is not None:
+            tail = self._journal_tail
+            self._pending_outcomes.extend(
+                batch.outcomes if tail is None else [o for o in batch.outcomes if o[0] > tail]
+            )
 
     def _flush(self) -> None:
-        """Write the dead letters consumed but not yet written (each at most once)."""
+        """Write the dead letters and outcomes consumed but not yet written (each at
+        most once), before the next read and before any snapshot that covers them."""
         while self._pending_dead:
             letter = self._pending_dead[0]
             if self.log.dead_letter(letter):
                 self._logger.warning("dead letter at %s: %s", letter.position, letter.reason[:200])
             self._pending_dead.pop(0)
+        if self._pending_outcomes and self.journal is not None:
+            self.journal.write(self._pending_outcomes)
+            self._pending_outcomes = []
 
     # -- snapshots ------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot[S]:
+        keys = self._keys
+        if keys is not None:
+            keys.expire(self._records)
+            keys = keys.copy()
         return Snapshot(
-            self.state, self.position, self._records, self._dead, self._tally, self._anchor
+            self.state, self.position, self._records, self._dead, self._tally, self._anchor, keys
         )
 
     def _maybe_snapshot(self) -> None:
@@ -679,6 +724,7 @@ class Runner(Generic[S, E]):
                     "lag": self._lag(),
                     "accepted": dict(run.tally.accepted),
                     "rejected": dict(run.tally.rejected),
+                    "duplicates": run.tally.duplicates,
                     "dead_letters": run.dead_letters,
                     "snapshots_written": self._writer.written,
                     "last_snapshot": None
@@ -696,6 +742,7 @@ class Runner(Generic[S, E]):
             records=self._run.records,
             accepted=dict(self._run.tally.accepted),
             rejected=dict(self._run.tally.rejected),
+            duplicates=self._run.tally.duplicates,
             dead_letters=self._run.dead_letters,
             last_position=self.position,
             lag=lag,

@@ -1,7 +1,7 @@
 """The "Online Retail" CSV (UCI, Chen 2015) as shop events: a pure row mapping.
 
 Columns: ``InvoiceNo, StockCode, Description, Quantity, InvoiceDate, UnitPrice,
-CustomerID, Country, TotalPrice`` (see ``shared/data/README.md``). Source: the
+CustomerID, Country, TotalPrice`` (see ``data/README.md``). Source: the
 "Online Retail" data set, UCI Machine Learning Repository, CC BY 4.0.
 
 The mapping
@@ -38,6 +38,11 @@ The imported rows are grouped by ``InvoiceNo`` in order of first appearance
 - one ``Order(CustomerID, lines, order_id=InvoiceNo)`` with all the invoice's
   lines in file order (the core merges repeated stock codes).
 
+Every event gets an idempotency key derived from the data (:attr:`ImportResult.keys`):
+``retail:<InvoiceNo>:line:<n>`` for the AddItem of the invoice's line ``n`` (from 0),
+``retail:<InvoiceNo>:topup`` and ``retail:<InvoiceNo>:order``; so importing the same
+file again, or completing an interrupted import, applies each event once.
+
 So every imported order is accepted, and the state ends with the catalogue's
 latest prices, stocks at 0 and balances at 0. ``repriced_lines`` counts the
 lines whose own ``UnitPrice`` differed from the price charged for their item in
@@ -53,6 +58,8 @@ that invoice (4 invoices of the 1-7 December 2010 week).
 >>> result.events
 [AddItem(item_id='85123A', count=6, price=255), TopUp(user_id=17850, amount=1530), \
 Order(user_id=17850, lines=(('85123A', 6),), order_id='536365')]
+>>> result.keys
+['retail:536365:line:0', 'retail:536365:topup', 'retail:536365:order']
 >>> result.imported_rows, dict(result.skipped)
 (1, {'guest': 1})
 """
@@ -206,12 +213,14 @@ def invoice_events(lines: list[RetailLine]) -> tuple[list[Event], int]:
 
 @dataclass
 class ImportResult:
-    """What :func:`map_rows` made of a file: ``events`` in log order, the rows
+    """What :func:`map_rows` made of a file: ``events`` in log order with their
+    idempotency ``keys`` (one each, derived from the data), the rows
     ``imported_rows``, ``skipped`` as ``{reason: rows}``, the number of
     ``invoices`` and ``repriced_lines``. ``imported_rows + sum(skipped)`` is
     the number of rows read."""
 
     events: list[Event] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
     imported_rows: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     invoices: int = 0
@@ -251,7 +260,10 @@ def map_rows(rows: Iterable[Mapping[str, str | None]]) -> ImportResult:
             result.skipped["too_many_lines"] += len(lines)
             continue
         events, repriced = invoice_events(lines)
+        invoice = lines[0].invoice
         result.events.extend(events)
+        result.keys.extend(f"retail:{invoice}:line:{n}" for n in range(len(lines)))
+        result.keys += [f"retail:{invoice}:topup", f"retail:{invoice}:order"]
         result.imported_rows += len(lines)
         result.invoices += 1
         result.repriced_lines += repriced

@@ -492,10 +492,12 @@ class Decoder:
                 found = None
             if found is not None:
                 data_bytes = raw_fields.get(b"data")
+                key: Any = raw_fields.get(b"key")  # an idempotency key, for the shell
+                extra = 0 if key is None else 3 + (len(key) if type(key) is bytes else 1 << 30)
                 if (
                     type(data_bytes) is not bytes
-                    or len(raw_fields) != (2 if v is None else 3)
-                    or len(data_bytes) + 8 + len(etype) + (0 if v is None else 1 + len(v))
+                    or len(raw_fields) != (2 if v is None else 3) + (key is not None)
+                    or len(data_bytes) + 8 + len(etype) + (0 if v is None else 1 + len(v)) + extra
                     > self._limits.max_entry_bytes
                 ):
                     found = None

@@ -1,0 +1,222 @@
+"""Idempotency keys: a retried append is answered, never applied twice.
+
+A log entry may carry an idempotency key in its field ``key`` (1 to
+:data:`MAX_KEY_BYTES` bytes of UTF-8). The first record with a key is folded as
+usual and remembered; a later record with the same key is
+
+- a **duplicate** if its entry is the same (the same fields, byte for byte,
+  apart from the key): the state is unchanged and its outcome is ``duplicate``,
+  naming the first record's position and carrying the first verdict;
+- **rejected** with the stable code ``idempotency_key_reused`` if its entry is
+  different: it is never applied.
+
+A key that is empty, too long or not UTF-8 makes the record a dead letter.
+
+The window is part of the folded state, defined by the log and not the wall
+clock: a key is remembered for the next ``size`` records consumed after the
+record that carried it (default :data:`DEFAULT_WINDOW`), then forgotten (a
+record with that key is then folded as new). It survives restarts, snapshots
+and failover because every snapshot carries it, and its size is recorded in the
+snapshot header (a snapshot taken with another size is rebuilt by replay).
+Entries are compared by an MD5 fingerprint of their framed fields (an
+identifier, not a protection).
+
+>>> window, entry = KeyWindow(size=10), {b"type": b"A", b"key": b"k1"}
+>>> window.classify(b"k1", entry, 1) is None
+True
+>>> window.remember(b"k1", entry, 1, Position(1, 0), Outcome("accepted", "A"))
+>>> window.classify(b"k1", entry, 2).status
+'duplicate'
+>>> window.classify(b"k1", {b"type": b"B", b"key": b"k1"}, 3).code
+'idempotency_key_reused'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .domain import Outcome
+from .protocols import Position
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "KEY_FIELD",
+    "KEY_REUSED",
+    "MAX_KEY_BYTES",
+    "KeyWindow",
+    "Remembered",
+    "check_key",
+]
+
+KEY_FIELD = b"key"
+"""The entry field that carries an idempotency key."""
+MAX_KEY_BYTES = 200
+"""Longest idempotency key, in bytes of UTF-8."""
+DEFAULT_WINDOW = 100_000
+"""Records a key is remembered for, by default."""
+KEY_REUSED = "idempotency_key_reused"
+"""The rejection code of a key reused with a different entry."""
+
+
+def check_key(raw: bytes) -> str | None:
+    """Why ``raw`` is not a usable key (a dead-letter reason), or ``None``.
+
+    >>> check_key(b""), check_key(b"\\xff"), check_key(b"order-17")
+    ('idempotency key is empty', 'idempotency key is not UTF-8', None)
+    """
+    if not raw:
+        return "idempotency key is empty"
+    if len(raw) > MAX_KEY_BYTES:
+        return f"idempotency key too long: {len(raw)} bytes, at most {MAX_KEY_BYTES}"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "idempotency key is not UTF-8"
+    return None
+
+
+def fingerprint(fields: Mapping[bytes, bytes]) -> bytes:
+    """MD5 (16 bytes) of the fields but the key, each framed ``<length>:<bytes>``."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    for name, value in fields.items():
+        if name != KEY_FIELD:
+            md5.update(b"%d:%s%d:%s" % (len(name), name, len(value), value))
+    return md5.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Remembered:
+    """A remembered key: the ``index`` (records consumed since the origin, the
+    record's own included) and ``position`` of the record that carried it first,
+    the ``fingerprint`` of its entry and its ``outcome``."""
+
+    index: int
+    position: Position
+    fingerprint: bytes
+    outcome: Outcome | None
+
+
+class KeyWindow:
+    """The remembered keys of the last ``size`` records (see the module docstring).
+
+    Mutable working state of a fold, like a folder; :meth:`encode` gives its
+    canonical bytes for a snapshot and :meth:`decode` reads them back.
+    """
+
+    __slots__ = ("_keys", "_order", "size")
+
+    def __init__(self, size: int = DEFAULT_WINDOW) -> None:
+        if type(size) is not int or size < 1:
+            raise ValueError(f"the key window is a positive number of records, got {size!r}")
+        self.size = size
+        self._keys: dict[bytes, Remembered] = {}
+        self._order: deque[tuple[int, bytes]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def expire(self, index: int) -> None:
+        """Forget the keys of records at or below ``index - size``."""
+        horizon = index - self.size
+        order, keys = self._order, self._keys
+        while order and order[0][0] <= horizon:
+            _, key = order.popleft()
+            del keys[key]
+
+    def classify(self, key: bytes, fields: Mapping[bytes, bytes], index: int) -> Outcome | None:
+        """The outcome of record ``index`` carrying ``key`` if it is a repeat
+        (``duplicate`` or rejected ``idempotency_key_reused``), else ``None``
+        (fold it, then :meth:`remember` it). Expires older keys first."""
+        self.expire(index)
+        first = self._keys.get(key)
+        if first is None:
+            return None
+        if fingerprint(fields) == first.fingerprint:
+            o = first.outcome
+            if o is None:  # the first record is in the same batch, not folded yet
+                return Outcome("duplicate", duplicate_of=first.position)
+            return Outcome(
+                "duplicate",
+                o.kind,
+                o.code,
+                o.message,
+                o.detail,
+                first.position,
+                o.status,
+            )
+        return Outcome(
+            "rejected",
+            None,
+            KEY_REUSED,
+            f"idempotency key {key.decode('utf-8', 'replace')!r} was used at "
+            f"{first.position} for a different entry",
+        )
+
+    def remember(
+        self,
+        key: bytes,
+        fields: Mapping[bytes, bytes],
+        index: int,
+        position: Position,
+        outcome: Outcome | None,
+    ) -> None:
+        """Remember ``key`` as first carried by record ``index`` at ``position``, with
+        its ``outcome`` (``None`` until it is known: see :meth:`settle`)."""
+        self._keys[key] = Remembered(index, position, fingerprint(fields), outcome)
+        self._order.append((index, key))
+
+    def settle(self, key: bytes, outcome: Outcome | None) -> None:
+        """Record the outcome of the first record with ``key`` (remembered before it
+        was folded)."""
+        first = self._keys[key]
+        self._keys[key] = Remembered(first.index, first.position, first.fingerprint, outcome)
+
+    # -- snapshots --------------------------------------------------------------------
+
+    def encode(self) -> bytes:
+        """Canonical JSON of the window, in the order keys were remembered:
+        ``{"size": n, "keys": [[key, index, position, fingerprint hex, outcome], ...]}``
+        (the key as UTF-8 text, the outcome as :meth:`Outcome.to_json`)."""
+        rows = []
+        for _, key in self._order:
+            r = self._keys[key]
+            outcome = None if r.outcome is None else r.outcome.to_json()
+            rows.append([key.decode(), r.index, str(r.position), r.fingerprint.hex(), outcome])
+        return json.dumps({"size": self.size, "keys": rows}, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, body: bytes) -> KeyWindow:
+        """The window :meth:`encode` wrote; ``ValueError`` naming what is wrong otherwise."""
+        try:
+            raw: Any = json.loads(body)
+            window = cls(raw["size"])
+            last = 0
+            for key, index, position, fp, outcome in raw["keys"]:
+                if type(index) is not int or index < last:
+                    raise ValueError(f"key indices must grow, got {index!r:.40}")
+                last = index
+                k = key.encode()
+                window._keys[k] = Remembered(
+                    index,
+                    Position.parse(position),
+                    bytes.fromhex(fp),
+                    None if outcome is None else Outcome.from_json(outcome),
+                )
+                window._order.append((index, k))
+        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
+            raise ValueError(f"not a key window: {e!r:.120}") from None
+        if len(window._keys) != len(window._order):
+            raise ValueError("a key appears twice in the key window")
+        return window
+
+    def copy(self) -> KeyWindow:
+        """An independent copy (cheap: two C-level container copies)."""
+        other = KeyWindow(self.size)
+        other._keys = self._keys.copy()
+        other._order = self._order.copy()
+        return other
