@@ -13,6 +13,7 @@ runner; the domain's options (the shop's ``--price-list``) must be the runner's.
 - ``verify``: rebuild from scratch up to the snapshot's position and compare:
   exit 0 if equal, 1 with the first difference (or if there is no usable
   snapshot, or the history before it is gone).
+- ``audit [--json]``: the operators' decisions (:mod:`shop_adapters.audit`).
 - ``dead-letters [--json]``: every dead letter with its position, reason and
   raw fields; ``--json`` prints one JSON array (``[]`` when none) of
   ``{"position", "reason", "fields": [[name, value], ...]}`` where a name or
@@ -31,6 +32,7 @@ from typing import Any
 import click
 from returns.result import Failure, Success
 
+from . import audit
 from .catchup import Replayed, replay
 from .cli_common import (
     CleanErrorsGroup,
@@ -178,6 +180,7 @@ def inspect_group(domain_cli: DomainCli) -> click.Group:
     cli.add_command(_state)
     cli.add_command(_verify)
     cli.add_command(_dead_letters)
+    cli.add_command(_audit)
     return cli
 
 
@@ -389,3 +392,32 @@ def _dead_letters(obj: _Ctx, as_json: bool) -> None:
         fields = {text_value(bytes(k)): text_value(bytes(v)) for k, v in letter.fields.items()}
         click.echo(f"{letter.position}  {letter.reason}  {fields}")
     click.echo(f"{len(letters)} dead letters", err=True)
+
+
+@click.command("audit")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array of the entries.")
+@click.pass_obj
+def _audit(obj: _Ctx, as_json: bool) -> None:
+    """The audit trail: every decision an operator took to resume a runner
+    (--accept-gap, --accept-rollback), oldest first, with who, why and when.
+
+    Text output: one block per decision. --json: one JSON array of
+    {"id", "decision", "reason", "who", "time", ...}. Exit 0 (an empty trail
+    prints nothing), 1 if Redis cannot be read.
+    """
+    log = obj.log
+    assert isinstance(log, RedisStreamLog)
+    try:
+        entries = audit.read(log.client, obj.keys.audit)
+    except OperationalError as e:
+        _fail(f"{type(e).__name__}: {e}")
+        return
+    if as_json:
+        click.echo(json.dumps([{"id": str(p), **fields} for p, fields in entries]))
+        return
+    for position, fields in entries:
+        click.echo(f"{position} {fields.get('time', '?')} {fields.get('decision', '?')}")
+        for name in ("reason", "who", "runner", "at", "records", "action", "error"):
+            if name in fields:
+                click.echo(f"  {name}: {fields[name]}")
+    click.echo(f"{len(entries)} decisions", err=True)

@@ -1,7 +1,8 @@
 """The Redis keys of one log: the stream and its companions, named in one place.
 
 ``StreamKeys.for_stream("orders")`` names ``orders``, ``orders:dead``,
-``orders:snapshot``, ``orders:lease``, ``orders:lease:token``, ...;
+``orders:snapshot``, ``orders:lease``, ``orders:lease:token``,
+``orders:outcomes`` and ``orders:audit``;
 ``StreamKeys.for_shop("acme")`` names ``shop:{acme}``, ``shop:{acme}:dead``, ...:
 every key of one shop carries the hash tag ``{acme}``, so in a Redis Cluster
 they all live in one slot and one Lua script may touch several of them
@@ -18,7 +19,7 @@ from typing import NamedTuple
 
 __all__ = ["COMPANION_SUFFIXES", "StreamKeys"]
 
-COMPANION_SUFFIXES = (":dead", ":snapshot", ":lease", ":lease:token", ":outcomes")
+COMPANION_SUFFIXES = (":dead", ":snapshot", ":lease", ":lease:token", ":outcomes", ":audit")
 """Suffixes of a stream's companion keys; a stream name ending with one is refused."""
 
 
@@ -31,6 +32,7 @@ class StreamKeys(NamedTuple):
     lease: str
     lease_token: str
     outcomes: str
+    audit: str
 
     @classmethod
     def for_stream(cls, stream: str) -> StreamKeys:
@@ -55,6 +57,7 @@ class StreamKeys(NamedTuple):
             f"{stream}:lease",
             f"{stream}:lease:token",
             f"{stream}:outcomes",
+            f"{stream}:audit",
         )
 
     @classmethod

@@ -29,13 +29,17 @@ import logging
 import signal
 import sys
 import threading
+import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import click
+import redis
 
+from . import audit
 from .catchup import Checkpoint
 from .cli_common import (
     CleanErrorsCommand,
@@ -48,13 +52,13 @@ from .cli_common import (
     resolve_url,
     setup_logging,
 )
-from .errors import IntegrityError, OperationalError, PermanentError
+from .errors import GapError, IntegrityError, OperationalError, PermanentError
 from .idempotency import DEFAULT_WINDOW
 from .journals import RedisOutcomeJournal
 from .keys import StreamKeys
 from .lease import Lease
 from .logs.redis_stream import RedisStreamLog
-from .redis_errors import refuse_eviction, refuse_own_stream
+from .redis_errors import redis_errors, refuse_eviction, refuse_own_stream
 from .retry import RetryPolicy, Stopped
 from .runner import Runner, RunnerConfig, Summary
 from .snapshots.redis import RedisSnapshotStore
@@ -141,6 +145,20 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
         "them is answered, not applied). Changing it rebuilds the state by replay.",
     )
     @click.option(
+        "--accept-gap",
+        is_flag=True,
+        help="Decide to fold on over records deleted after the snapshot (a GapError "
+        "stopped the runner). Needs --reason; recorded in <stream>:audit.",
+    )
+    @click.option(
+        "--accept-rollback",
+        is_flag=True,
+        help="Decide to rebuild from the log as it is now, after a rollback, a wipe or a "
+        "replaced stream (an IntegrityError stopped the runner); the old outcome journal "
+        "and dead letters are renamed aside. Needs --reason; recorded in <stream>:audit.",
+    )
+    @click.option("--reason", default=None, help="Why, for the audit trail (with --accept-*).")
+    @click.option(
         "--allow-eviction",
         is_flag=True,
         help="Run even if Redis may evict keys (maxmemory with a policy other than "
@@ -149,13 +167,31 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
     def main(**options: Any) -> None:
         """Fold the Redis stream into the domain's state; snapshot; follow the tail.
 
+        When the log no longer holds the state's history the runner stops (exit
+        1) and names the decision that resolves it: --accept-gap or
+        --accept-rollback, with --reason, recorded in <stream>:audit.
+
         Exit status: 0 when drained (--exit-when-idle) or stopped by SIGINT/SIGTERM;
         1 with one error line if the log does not hold the state's history, Redis
         refuses for good or stays unreachable for --give-up-after seconds; 2 for
         bad options.
         """
         domain = domain_cli.take(options)
-        _run(domain, **options)
+        gap, rollback, reason = (
+            options.pop("accept_gap"),
+            options.pop("accept_rollback"),
+            options.pop("reason"),
+        )
+        if gap and rollback:
+            raise click.UsageError("--accept-gap and --accept-rollback are two decisions: take one")
+        accept: Literal["gap", "rollback"] | None = (
+            "gap" if gap else "rollback" if rollback else None
+        )
+        if accept is not None and not (reason or "").strip():
+            raise click.UsageError(f"--accept-{accept} needs --reason TEXT, for the audit trail")
+        if accept is None and reason is not None:
+            raise click.UsageError("--reason goes with --accept-gap or --accept-rollback")
+        _run(domain, accept=accept, reason=reason, **options)
 
     main.help = (main.help or "").replace("the domain's", f"the {domain_cli.name}'s")
     return main
@@ -179,12 +215,14 @@ def _run(
     give_up_after: float | None,
     allow_eviction: bool,
     key_window: int,
+    accept: Literal["gap", "rollback"] | None,
+    reason: str | None,
 ) -> None:
     stop = threading.Event()
     current: list[Runner[Any, Any]] = []
 
     def fail(error: BaseException) -> NoReturn:
-        _log.error("%s", clean_error_message(error))
+        _log.error("%s", clean_error_message(error) + _resolution(error, stream))
         sys.exit(1)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -228,6 +266,7 @@ def _run(
         progress_interval=progress_interval,
         retry=retry,
         key_window=key_window,
+        accept=accept,
     )
 
     def on_lost(reason: str) -> None:
@@ -237,10 +276,22 @@ def _run(
     def on_wait(holder: str | None) -> None:
         _log.info("lease %s held by %s: waiting for it", lease.key, holder)
 
+    def record(entry: Mapping[str, str]) -> None:
+        who = {"reason": reason or "", "who": audit.operator(), "runner": lease.owner}
+        audit.record(client, keys.audit, {**entry, **who})
+
     folded: Checkpoint | None = None  # what this process has folded, across leases
     try:
         while not stop.is_set():
-            runner: Runner[Any, Any] = Runner(log, store, domain, config, journal=journal)
+            runner: Runner[Any, Any] = Runner(
+                log,
+                store,
+                domain,
+                config,
+                journal=journal,
+                audit=record,
+                on_rebuild=lambda: _set_aside(client, keys),
+            )
             if folded is not None:
                 runner.expect(folded)
             current[:] = [runner]
@@ -277,6 +328,8 @@ def _run(
             if summary.stop_reason.startswith("abandoned"):
                 _log.warning("%s; waiting to re-acquire the lease", summary.stop_reason)
                 folded = runner.checkpoint
+                # The decision was taken and recorded once; it is not taken again.
+                config = replace(config, accept=None)
                 config = replace(config, from_scratch=False)  # the other holder's snapshot
                 continue
             if exit_when_idle or summary.stop_reason == "stopped":
@@ -285,3 +338,30 @@ def _run(
     finally:
         log.close()
         store.close()
+
+
+def _resolution(error: BaseException, stream: str) -> str:
+    """The decision that resolves a stop for want of history, for the error line."""
+    name = f"--stream {stream} " if stream != "orders" else ""
+    if isinstance(error, GapError):
+        return (
+            f". To fold on over the gap, decide it: {name}--accept-gap --reason TEXT "
+            f"(recorded in {stream}:audit); or restore the deleted records"
+        )
+    if isinstance(error, IntegrityError) and "rolled back" in str(error):
+        return (
+            f". To rebuild from the log as it is now, decide it: {name}--accept-rollback "
+            f"--reason TEXT (recorded in {stream}:audit); or restore the log"
+        )
+    return ""
+
+
+def _set_aside(client: redis.Redis, keys: StreamKeys) -> None:
+    """Rename the outcome journal and the dead letters aside (``RENAME``) before an
+    accepted rollback is rebuilt: their entries answer records the log lost."""
+    suffix = f":before-rebuild:{int(time.time() * 1000)}"
+    for key in (keys.outcomes, keys.dead):
+        with redis_errors("RENAME", key):
+            if client.exists(key):
+                client.rename(key, key + suffix)
+                _log.warning("renamed %s to %s (kept, not deleted)", key, key + suffix)

@@ -55,7 +55,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from returns.result import Failure, Success
 from tqdm import tqdm
@@ -63,7 +63,7 @@ from tqdm import tqdm
 from .catchup import Checkpoint, check_continuity, consume
 from .domain import Domain, Folder, Outcome, Tally
 from .envelope import Snapshot, decode_snapshot, encode_snapshot, read_header
-from .errors import FencedError, IntegrityError, OperationalError, PermanentError
+from .errors import FencedError, GapError, IntegrityError, OperationalError, PermanentError
 from .idempotency import DEFAULT_WINDOW, KeyWindow
 from .journals import OutcomeJournal
 from .protocols import ORIGIN, DeadLetter, EventLog, Position, Record, SnapshotStore
@@ -124,7 +124,13 @@ class RunnerConfig:
     - ``final_snapshot``: write a snapshot when the run ends normally
       (``False`` for a read-only run, such as a benchmark's);
     - ``key_window``: honour idempotency keys, remembering each for this many
-      records (:mod:`shop_adapters.idempotency`); ``None``: ignore keys.
+      records (:mod:`shop_adapters.idempotency`); ``None``: ignore keys;
+    - ``accept``: the operator's decision for this start when the log does
+      not hold the state's history: ``"gap"`` folds on over records deleted
+      after the snapshot; ``"rollback"`` rebuilds from the log as it is now
+      (after a rollback, a wipe or a replaced log), overwriting the stored
+      snapshot. Either is recorded with the runner's ``audit``; ``None``: stop
+      with the error.
     """
 
     snapshot_every: int | None = None
@@ -138,6 +144,7 @@ class RunnerConfig:
     tune_gc: bool = True
     final_snapshot: bool = True
     key_window: int | None = DEFAULT_WINDOW
+    accept: Literal["gap", "rollback"] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -309,6 +316,9 @@ class Runner(Generic[S, E]):
     - ``config``: a :class:`RunnerConfig`;
     - ``journal``: where to publish the outcome of every record
       (:mod:`shop_adapters.journals`; ``None``: no outcome journal);
+    - ``audit``: records an operator's decision (``RunnerConfig.accept``) as a
+      mapping of text fields; ``on_rebuild``: called before an accepted
+      rollback is rebuilt (to set the old outcome journal aside);
     - ``logger``: where progress and warnings go (default ``shop.runner``).
 
     :meth:`run` raises :class:`~shop_adapters.errors.GapError` or
@@ -327,6 +337,8 @@ class Runner(Generic[S, E]):
         config: RunnerConfig | None = None,
         *,
         journal: OutcomeJournal | None = None,
+        audit: Callable[[Mapping[str, str]], None] | None = None,
+        on_rebuild: Callable[[], None] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         config = config or RunnerConfig()
@@ -337,6 +349,8 @@ class Runner(Generic[S, E]):
         self.domain = domain
         self.config = config
         self.journal = journal
+        self.audit = audit
+        self.on_rebuild = on_rebuild
         self._logger = logger or _log
         self._stop = threading.Event()
         self._abandoned: str | None = None
@@ -505,9 +519,7 @@ class Runner(Generic[S, E]):
                 "checking the log", stop=self._stop, logger=self._logger
             ):
                 with attempt:
-                    if self._expected is not None:
-                        check_continuity(self.log, *self._expected)
-                    check_continuity(self.log, self.position, self._records, self._anchor)
+                    self._check_history()
                     if self.journal is not None:
                         # Outcomes up to here were published by an earlier run.
                         self._journal_tail = self.journal.last_position()
@@ -534,6 +546,58 @@ class Runner(Generic[S, E]):
         summary = self._summary(reason, started, lag)
         self._logger.info("run ended", extra={"fields": summary.to_dict()})
         return summary
+
+    def _check_history(self) -> None:
+        """Check the log holds the history of the restored state (and of what this
+        process folded before); apply the operator's ``accept`` decision if it
+        does not, recording it with ``audit``."""
+        accept = self.config.accept
+        try:
+            if self._expected is not None:
+                check_continuity(self.log, *self._expected)
+            check_continuity(self.log, self.position, self._records, self._anchor)
+        except GapError as e:
+            if accept != "gap":
+                raise
+            self._decide("accept-gap", e, "folding on from the snapshot, over the gap")
+        except IntegrityError as e:
+            if accept != "rollback":
+                raise
+            self._decide("accept-rollback", e, "rebuilding from the log as it is now")
+            if self.on_rebuild is not None:
+                self.on_rebuild()
+            self._expected = None
+            self._hold_snapshots_until = ORIGIN
+            self._adopt_origin()
+            check_continuity(self.log, ORIGIN)
+        else:
+            if accept is not None:
+                self._logger.info(
+                    "--accept-%s: the log holds the state's history, nothing to accept", accept
+                )
+
+    def _decide(self, decision: str, error: IntegrityError, action: str) -> None:
+        entry = {
+            "decision": decision,
+            "at": str(self.position),
+            "records": str(self._records),
+            "error": f"{type(error).__name__}: {error}",
+            "action": action,
+        }
+        self._logger.warning(
+            "%s: %s (%s)", decision, action, error, extra={"fields": {"event": decision}}
+        )
+        if self.audit is not None:
+            self.audit(entry)
+
+    def _adopt_origin(self) -> None:
+        domain = self.domain
+        self.position, self._anchor, self._records, self._dead = ORIGIN, None, 0, 0
+        self._tally = Tally()
+        window = self.config.key_window
+        self._keys = None if window is None else KeyWindow(window)
+        self._folder = domain.folder(domain.initial)
+        self._restored = (self._restored[0] if self._restored else None, None)
 
     def _loop(self, exit_when_idle: bool) -> str:
         catching_up = True
