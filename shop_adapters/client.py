@@ -31,7 +31,7 @@ import redis
 from tqdm import tqdm
 
 from .domain import Outcome
-from .errors import OperationalError
+from .errors import OperationalError, PermanentError, ShopError
 from .idempotency import KEY_FIELD
 from .journals import RedisOutcomeJournal
 from .keys import StreamKeys
@@ -54,9 +54,10 @@ class Answer:
     outcome: Outcome | None
 
 
-class AppendInterrupted(OperationalError):
-    """The log failed part-way through :meth:`LogClient.append` and the chunk could
-    not be retried (an entry without a key) or the retries gave up.
+class AppendInterrupted(ShopError):
+    """The log failed part-way through :meth:`LogClient.append`: Redis refused for
+    good (out of memory, say), or the chunk could not be retried (an entry
+    without a key), or the retries gave up.
 
     ``appended``: entries appended and acknowledged before the failure;
     ``last``: the last acknowledged position (``None`` if none); ``in_flight``:
@@ -176,7 +177,7 @@ class LogClient(Generic[E]):
                 with attempt:
                     positions = self.log.append(batch)
             return positions
-        except OperationalError as e:
+        except (OperationalError, PermanentError) as e:
             raise AppendInterrupted(appended, last, len(batch), e) from e
 
     def close(self) -> None:

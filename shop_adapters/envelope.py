@@ -42,7 +42,7 @@ from returns.result import Failure, Result, Success
 
 from ._json import strict_json
 from .domain import Domain, Tally
-from .idempotency import KeyWindow
+from .idempotency import DEFAULT_WINDOW, KeyWindow
 from .protocols import ORIGIN, Position
 
 __all__ = [
@@ -166,12 +166,13 @@ def encode_snapshot(snapshot: Snapshot[S], domain: Domain[S, Any]) -> bytes:
 
 
 def decode_snapshot(
-    blob: bytes, domain: Domain[S, Any], key_window: int | None = None
+    blob: bytes, domain: Domain[S, Any], key_window: int | None = DEFAULT_WINDOW
 ) -> Result[Snapshot[S], str]:
     """Read a snapshot of ``domain``: ``Success(snapshot)`` or ``Failure(reason)``.
 
-    ``key_window``: the reader's idempotency window (records), ``None`` if it
-    honours no keys; a snapshot taken with another one is refused. Never raises
+    ``key_window``: the reader's idempotency window (records; default the
+    runner's default), ``None`` if it honours no keys; a snapshot taken with
+    another one is refused. Never raises
     for bad input and never executes anything (see the module docstring for
     the reasons).
 

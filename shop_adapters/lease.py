@@ -70,11 +70,14 @@ end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {0, ''}
 end
-local token = tostring(redis.call('INCR', KEYS[2]))
--- Decimal strings compared by length, then bytewise: exact beyond 2^53.
+-- Tokens stay decimal strings (GET after INCR): a Lua number is a double, exact
+-- only up to 2^53. Strings compare by length, then bytewise.
+redis.call('INCR', KEYS[2])
+local token = redis.call('GET', KEYS[2])
 if fence and (#token < #fence or (#token == #fence and token <= fence)) then
   redis.call('SET', KEYS[2], fence)
-  token = tostring(redis.call('INCR', KEYS[2]))
+  redis.call('INCR', KEYS[2])
+  token = redis.call('GET', KEYS[2])
 end
 return {1, token}
 """
@@ -326,6 +329,12 @@ class Lease:
         with self._lock:
             held, self._token = self._token is not None, None
         if held:
+            _log.info(
+                "lease %s released (longest gap between renewals %.3f s, TTL %.3f s)",
+                self.key,
+                self.longest_gap_s,
+                self.ttl_ms / 1000,
+            )
             try:
                 self._release(keys=[self.key], args=[self.owner])
             except redis.exceptions.RedisError as e:

@@ -92,7 +92,7 @@ def append_events(
         entries = [encode_event(e) for e in batch]
         try:
             positions = log.append(cast(list[Mapping[str | bytes, str | bytes | int]], entries))
-        except OperationalError as e:
+        except (OperationalError, PermanentError) as e:
             raise AppendInterrupted(n, last, len(batch), e) from e
         n += len(batch)
         last = positions[-1] if positions else last

@@ -56,8 +56,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="crash-anywhere trials of tests/test_reliability_crash.py (default 20)",
     )
     group.addoption(
+        "--slow",
+        action="store_true",
+        default=False,
+        help="also run the tests marked slow (long campaigns, 1M-user states); "
+        "the default suite runs their smaller versions",
+    )
+    group.addoption(
         "--first-seed",
         type=int,
         default=0,
         help="seed of the first crash-anywhere trial (rerun a failing seed with --trials 1)",
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``slow`` unless ``--slow`` (or ``-m slow``) asks for them."""
+    if config.getoption("--slow") or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -477,8 +477,8 @@ class FileLog:
                     return []
                 time.sleep(min(self.poll_interval_ms / 1000, remaining))
                 with self._lock:
-                    if self._open_log().size() > self._log.end:
-                        break
+                    if self._open_log().size() != self._log.end:
+                        break  # grew, or shrank (read_after then says so)
 
     def last_position(self) -> Position:
         """``Position(n, 0)`` for ``n`` records (including other writers'), ORIGIN if empty."""
