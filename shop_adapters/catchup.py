@@ -173,7 +173,7 @@ def _consume_each(
         answers[slot] = Outcome("dead_letter", message=letter.reason)
     if keys is not None:
         for slot, key in keyed.items():
-            keys.settle(key, answers[slot])
+            keys.settle(key, first_index + slot, answers[slot])
         for slot, key in repeats:
             answers[slot] = keys.classify(key, records[slot].fields, first_index + slot)
     accepted: dict[str, int] = {}

@@ -121,8 +121,9 @@ class KeyWindow:
         return len(self._keys)
 
     def expire(self, index: int) -> None:
-        """Forget the keys of records at or below ``index - size``."""
-        horizon = index - self.size
+        """Forget the keys record ``index`` no longer sees: those of records before
+        ``index - size`` (a key is remembered for the ``size`` records after its own)."""
+        horizon = index - self.size - 1
         order, keys = self._order, self._keys
         while order and order[0][0] <= horizon:
             _, key = order.popleft()
@@ -170,11 +171,12 @@ class KeyWindow:
         self._keys[key] = Remembered(index, position, fingerprint(fields), outcome)
         self._order.append((index, key))
 
-    def settle(self, key: bytes, outcome: Outcome | None) -> None:
-        """Record the outcome of the first record with ``key`` (remembered before it
-        was folded)."""
-        first = self._keys[key]
-        self._keys[key] = Remembered(first.index, first.position, first.fingerprint, outcome)
+    def settle(self, key: bytes, index: int, outcome: Outcome | None) -> None:
+        """Record the outcome of record ``index``, remembered with ``key`` before it
+        was folded (nothing to do if the key has left the window since)."""
+        first = self._keys.get(key)
+        if first is not None and first.index == index:
+            self._keys[key] = Remembered(index, first.position, first.fingerprint, outcome)
 
     # -- snapshots --------------------------------------------------------------------
 
