@@ -135,7 +135,8 @@ def test_bad_keys_are_dead_letters_with_a_reason() -> None:
 
 def test_a_duplicate_in_the_same_batch_carries_the_first_verdict() -> None:
     order = Order(1, (("cpu", 1),))
-    entries = keyed([TopUp(1, 500), AddItem("cpu", 5, 100)]) + [
+    entries = [
+        *keyed([TopUp(1, 500), AddItem("cpu", 5, 100)]),
         {**encode_event(order), "key": "o"},
         {**encode_event(order), "key": "o"},
     ]
