@@ -188,3 +188,34 @@ class Order:
 
 Event: TypeAlias = TopUp | AddItem | Order
 """Any shop event."""
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _trusted_top_up(user_id: int, amount: int) -> TopUp:
+    """A :class:`TopUp` from fields a schema-driven decoder has already checked
+    against the same bounds (not exported: the public constructor validates)."""
+    event: TopUp = _new(TopUp)
+    _set(event, "user_id", user_id)
+    _set(event, "amount", amount)
+    return event
+
+
+def _trusted_add_item(item_id: str, count: int, price: int | None) -> AddItem:
+    """An :class:`AddItem` from already-checked fields (see :func:`_trusted_top_up`)."""
+    event: AddItem = _new(AddItem)
+    _set(event, "item_id", item_id)
+    _set(event, "count", count)
+    _set(event, "price", price)
+    return event
+
+
+def _trusted_order(user_id: int, lines: tuple[Line, ...], order_id: str | None) -> Order:
+    """An :class:`Order` from already-checked fields (see :func:`_trusted_top_up`)."""
+    event: Order = _new(Order)
+    _set(event, "user_id", user_id)
+    _set(event, "lines", lines)
+    _set(event, "order_id", order_id)
+    return event

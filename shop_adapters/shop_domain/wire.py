@@ -46,13 +46,15 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeAlias
+from typing import Annotated, Any, NamedTuple, TypeAlias
 
 import msgpack
+import msgspec
 import orjson
 from returns.result import Failure, Result, Success
 
 from shop_core import MAX_ID_LENGTH, MAX_INT, MAX_ORDER_LINES, AddItem, Event, Order, TopUp
+from shop_core.events import _trusted_add_item, _trusted_order, _trusted_top_up
 
 from .._json import strict_json
 from ..protocols import DeadLetter, Fields, Position, Record
@@ -294,6 +296,59 @@ _ADD_ALLOWED = _ADD_REQUIRED | {"price"}
 _ORDER_REQUIRED = frozenset({"user_id", "lines"})
 _ORDER_ALLOWED = _ORDER_REQUIRED | {"order_id"}
 
+# ---------------------------------------------------------------------------
+# The compiled v1 path: msgspec structs with the event constructors' bounds
+
+_Nat = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+_Lines = Annotated[
+    tuple[tuple[_Id, _Nat], ...], msgspec.Meta(min_length=1, max_length=MAX_ORDER_LINES)
+]
+
+
+class _TopUpV1(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    user_id: _Nat
+    amount: _Nat
+
+
+class _AddItemV1(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    item_id: _Id
+    count: _Nat
+    price: _Nat | None = None
+
+
+class _OrderV1(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    user_id: _Nat
+    lines: _Lines
+    order_id: _Id | None = None
+
+
+_TOPUP_V1 = msgspec.json.Decoder(_TopUpV1).decode
+_ADD_ITEM_V1 = msgspec.json.Decoder(_AddItemV1).decode
+_ORDER_V1 = msgspec.json.Decoder(_OrderV1).decode
+
+
+def _compiled_top_up(data: bytes) -> Event:
+    d = _TOPUP_V1(data)
+    return _trusted_top_up(d.user_id, d.amount)
+
+
+def _compiled_add_item(data: bytes) -> Event:
+    d = _ADD_ITEM_V1(data)
+    return _trusted_add_item(d.item_id, d.count, d.price)
+
+
+def _compiled_order(data: bytes) -> Event:
+    d = _ORDER_V1(data)
+    return _trusted_order(d.user_id, d.lines, d.order_id)
+
+
+_V1_COMPILED: Mapping[str, Callable[[bytes], Event]] = {
+    "TopUp": _compiled_top_up,
+    "AddItem": _compiled_add_item,
+    "Order": _compiled_order,
+}
+
 _Builder: TypeAlias = Callable[[_EventData, Limits], Event]
 _BUILDERS: Mapping[str, _Builder] = {"TopUp": _top_up, "AddItem": _add_item, "Order": _order}
 
@@ -367,7 +422,7 @@ class Decoder:
     <Failure: unknown schema version '2' (this build reads v=1, or no v for the seed's v0)>
     """
 
-    __slots__ = ("_config_digest", "_limits", "_price_list", "_unpack_options")
+    __slots__ = ("_compiled", "_config_digest", "_limits", "_price_list", "_unpack_options")
 
     def __init__(
         self, price_list: Mapping[str, int] | None = None, limits: Limits = DEFAULT_LIMITS
@@ -376,6 +431,7 @@ class Decoder:
             if type(value) is not int or value < 1:
                 raise ValueError(f"Limits.{name} must be a positive int, got {value!r:.80}")
         self._limits = limits
+        self._compiled = limits == DEFAULT_LIMITS  # the compiled schemas carry these bounds
         self._price_list = _check_price_list(price_list) if price_list is not None else None
         self._config_digest = _config_digest(self._price_list)
         str_len = max(4 * limits.max_id_length, 64)  # UTF-8: up to 4 bytes a character
@@ -515,6 +571,14 @@ class Decoder:
         if data_bytes is None:
             raise _Invalid("missing field 'data'")
         data: Any
+        if version == 1 and self._compiled:
+            # The compiled path: msgspec checks the schema and every bound in C and
+            # the event is built without checking again. Anything it refuses goes
+            # through the path below, which gives the reason (the same as ever).
+            try:
+                return _V1_COMPILED[name](data_bytes)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                pass
         if version == 1:
             try:
                 data = orjson.loads(data_bytes)
