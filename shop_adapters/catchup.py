@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -36,6 +37,7 @@ from .protocols import (
 __all__ = [
     "Batch",
     "Checkpoint",
+    "ReadAhead",
     "Replayed",
     "check_continuity",
     "consume",
@@ -62,6 +64,44 @@ def record_anchor(fields: Fields) -> str:
     for name, value in fields.items():
         sha.update(b"%d:%s%d:%s" % (len(name), name, len(value), value))
     return sha.hexdigest()
+
+
+class ReadAhead:
+    """``read_after`` with the next batch already in flight: after returning the
+    batch that ends at ``p``, a worker thread asks the log for the batch after
+    ``p`` while the caller decodes and folds this one (the read waits on the
+    socket or the disk without holding the interpreter lock).
+
+    A call for any other position reads synchronously. An error of the
+    read-ahead is raised by the call that would have used it. Peak memory for
+    records is two batches. Call :meth:`close` when done.
+    """
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
+        self._ahead: tuple[Position, int, Future[list[Record]]] | None = None
+
+    def read_after(self, position: Position, limit: int) -> list[Record]:
+        """The records after ``position`` (see :meth:`EventLog.read_after`)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == position and ahead[1] == limit:
+            records = ahead[2].result()
+        else:
+            if ahead is not None:
+                ahead[2].cancel()
+            records = self._log.read_after(position, limit)
+        if len(records) == limit:  # more may follow: fetch them meanwhile
+            last = records[-1].position
+            self._ahead = (last, limit, self._pool.submit(self._log.read_after, last, limit))
+        return records
+
+    def close(self) -> None:
+        """Drop what is in flight and stop the worker."""
+        if self._ahead is not None:
+            self._ahead[2].cancel()
+            self._ahead = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Checkpoint(NamedTuple):

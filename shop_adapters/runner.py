@@ -60,7 +60,7 @@ from typing import Any, Generic, Literal, TypeVar
 from returns.result import Failure, Success
 from tqdm import tqdm
 
-from .catchup import Checkpoint, check_continuity, consume
+from .catchup import Checkpoint, ReadAhead, check_continuity, consume
 from .domain import Domain, Folder, Outcome, Tally
 from .envelope import Snapshot, decode_snapshot, encode_snapshot, read_header
 from .errors import FencedError, GapError, IntegrityError, OperationalError, PermanentError
@@ -603,6 +603,7 @@ class Runner(Generic[S, E]):
         catching_up = True
         bar = self._progress_bar()
         started = time.perf_counter()
+        self._reader = ReadAhead(self.log)
         try:
             while not self._stop.is_set():
                 try:
@@ -624,6 +625,7 @@ class Runner(Generic[S, E]):
                 self._maybe_snapshot()
                 self._maybe_report()
         finally:
+            self._reader.close()
             if bar is not None:
                 bar.close()
         return "stopped"
@@ -644,7 +646,7 @@ class Runner(Generic[S, E]):
                     check_continuity(self.log, self.position, self._records, self._anchor)
                 self._flush()
                 if catching_up:
-                    records = self.log.read_after(self.position, cfg.batch_size)
+                    records = self._reader.read_after(self.position, cfg.batch_size)
                 else:
                     records = self.log.wait_after(self.position, cfg.batch_size, cfg.block_ms)
                     if not records:
