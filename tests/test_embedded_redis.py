@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -26,12 +27,12 @@ from shop_adapters.embedded_redis import (
     RedisServer,
     RedisServerError,
     check_data_dir,
+    embedded_status,
     ensure_embedded,
     find_redis_server,
     redis_server_version,
     stop_embedded,
 )
-from shop_adapters.embedded_redis import _redis_pids_in as _redis_pids_in
 
 pytestmark = pytest.mark.redis
 
@@ -87,6 +88,35 @@ def test_ensure_embedded_starts_once_and_is_reused(tmp_path: Path) -> None:
     restarted = ensure_embedded(tmp_path)  # a dead record is replaced
     try:
         assert restarted.startswith("redis://127.0.0.1:")
+    finally:
+        stop_embedded(tmp_path, how="kill")
+
+
+def test_embedded_status_reports_without_starting_anything(tmp_path: Path) -> None:
+    assert embedded_status(tmp_path / "never-used") is None
+    assert not (tmp_path / "never-used").exists()
+    try:
+        url = ensure_embedded(tmp_path)
+        state = json.loads((tmp_path / "embedded.json").read_text())
+        assert embedded_status(tmp_path) == {
+            "data_dir": str(tmp_path.resolve()),
+            "running": True,
+            "confirmed": True,
+            "pid": state["pid"],
+            "pids": [state["pid"]],
+            "port": state["port"],
+            "executable": state["executable"],
+            "version": state["version"],
+        }
+        assert url.endswith(f":{state['port']}/0")
+        assert stop_embedded(tmp_path) is True
+        stopped = embedded_status(tmp_path)
+        assert stopped is not None
+        assert (stopped["running"], stopped["confirmed"], stopped["pid"]) == (False, False, None)
+        assert stopped["pids"] == []
+        recorded = (stopped["port"], stopped["executable"], stopped["version"])
+        assert recorded == (state["port"], state["executable"], state["version"])
+        assert embedded_status(tmp_path) == stopped  # asking started nothing
     finally:
         stop_embedded(tmp_path, how="kill")
 
@@ -314,23 +344,32 @@ def test_a_taken_port_moves_the_server_with_a_warning(
 # --- one server per data dir, however the last one was started ------------------------
 
 
+def _wait_until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail the test naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _servers_in(data_dir: Path) -> set[int]:
+    """Every live redis-server serving ``data_dir``, however it was started."""
+    status = embedded_status(data_dir)
+    return set(status["pids"]) if status is not None else set()
+
+
 def _kill_every_server_in(data_dir: Path) -> None:
     """Test cleanup: no redis-server may outlive a test, recorded or not."""
     with contextlib.suppress(RedisServerError):
         stop_embedded(data_dir, how="kill")
-    pids = set(_redis_pids_in(data_dir.resolve(), None))
+    pids = _servers_in(data_dir)
     with contextlib.suppress(OSError, ValueError):
         pids.add(int((data_dir / "redis.pid").read_text()))
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while _redis_pids_in(data_dir.resolve(), None) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def _servers_in(data_dir: Path) -> set[int]:
-    return _redis_pids_in(data_dir.resolve(), None)
+    _wait_until(lambda: not _servers_in(data_dir), f"every redis-server in {data_dir} to exit")
 
 
 def _produce(cwd: Path, seed: int) -> None:
@@ -353,19 +392,21 @@ def _hand_restart(data_dir: Path) -> int:
     with contextlib.suppress(redis.ConnectionError):
         client.shutdown(nosave=True)
     client.close()
-    deadline = time.monotonic() + 10
-    while _servers_in(data_dir) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_until(lambda: not _servers_in(data_dir), "the shut-down redis-server to exit")
     subprocess.run([state["executable"], str(data_dir / "redis.conf")], check=True, timeout=30)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        pids = _servers_in(data_dir)
-        if pids and (data_dir / "redis.pid").is_file():
-            with contextlib.suppress(redis.ConnectionError):
-                if redis.Redis(port=state["port"]).ping():
-                    return pids.pop()
-        time.sleep(0.02)
-    raise AssertionError("the hand-started redis-server did not come up")
+
+    def answers() -> bool:
+        with contextlib.suppress(redis.ConnectionError), redis.Redis(port=state["port"]) as c:
+            return bool(c.ping())
+        return False
+
+    _wait_until(
+        lambda: (
+            len(_servers_in(data_dir)) == 1 and (data_dir / "redis.pid").is_file() and answers()
+        ),
+        "the hand-started redis-server to answer",
+    )
+    return _servers_in(data_dir).pop()
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
@@ -431,15 +472,18 @@ def test_a_running_server_that_cannot_be_confirmed_is_refused(tmp_path: Path) ->
         # Restarted by hand with a password the caller does not know.
         pid = _servers_in(tmp_path).pop()
         os.kill(pid, signal.SIGKILL)
-        while _servers_in(tmp_path):
-            time.sleep(0.02)
+        _wait_until(lambda: not _servers_in(tmp_path), "the killed redis-server to exit")
         conf.write_text(conf.read_text() + 'requirepass "hunter2"\n')
         exe = json.loads((tmp_path / "embedded.json").read_text())["executable"]
         subprocess.run([exe, str(conf)], check=True, timeout=30)
-        deadline = time.monotonic() + 10
-        while not (tmp_path / "redis.pid").is_file() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _wait_until(
+            lambda: (tmp_path / "redis.pid").is_file() and _servers_in(tmp_path),
+            "the passworded redis-server to start",
+        )
         (tmp_path / "embedded.json").unlink()
+        status = embedded_status(tmp_path)
+        assert status is not None and status["running"] and not status["confirmed"]
+        assert status["pids"] == [status["pid"]]
         with pytest.raises(RedisServerError, match="refusing to start a second server"):
             ensure_embedded(tmp_path)
         with pytest.raises(RedisServerError, match="refusing to start a second server"):
