@@ -42,6 +42,7 @@ from .redis_errors import classify
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "LOG_CONTEXT",
     "CleanErrorsCommand",
     "CleanErrorsGroup",
     "DomainCli",
@@ -278,28 +279,42 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts`` (UTC ISO 8601), ``level``, ``logger``,
-    ``msg``, then the record's ``fields`` (and ``exc`` for an exception)."""
+    ``event`` (the record's event name, else ``"message"``), the process's
+    :data:`LOG_CONTEXT` (``stream``, ``runner``), ``msg``, then the record's
+    ``fields`` (and ``exc`` for an exception)."""
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one JSON line."""
+        fields = getattr(record, "fields", None)
+        fields = fields if isinstance(fields, dict) else {}
         out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
+            "event": fields.get("event", "message"),
+            **LOG_CONTEXT,
             "msg": record.getMessage(),
         }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            for k, v in fields.items():
-                out.setdefault(k, v)
+        for k, v in fields.items():
+            out.setdefault(k, v)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
 
 
-def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
-    """Send the ``shop`` loggers to stderr as ``text`` or ``json`` lines."""
+LOG_CONTEXT: dict[str, str] = {}
+"""Members every JSON log line of this process carries (set by the command lines:
+``stream`` and, once known, ``runner``, the lease owner id)."""
+
+
+def setup_logging(
+    fmt: str = "text", level: int = logging.INFO, context: dict[str, str] | None = None
+) -> None:
+    """Send the ``shop`` loggers to stderr as ``text`` or ``json`` lines; ``context``
+    goes into every JSON line (see :data:`LOG_CONTEXT`)."""
+    LOG_CONTEXT.clear()
+    LOG_CONTEXT.update(context or {})
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("shop")

@@ -36,13 +36,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 import redis
 
 from .errors import IntegrityError, PermanentError
 from .redis_errors import classify
-from .retry import RetryPolicy, Stopped
+from .retry import RetryPolicy, Stopped, event
 
 __all__ = ["Lease", "default_owner"]
 
@@ -292,7 +293,14 @@ class Lease:
                     self._lost(f"Redis refuses the renewal: {error}")
                     return
                 if time.monotonic() - last_ok < self.ttl_ms / 1000:
-                    _log.warning("lease renewal failed (%s); retrying", e)
+                    event(
+                        _log,
+                        WARNING,
+                        "lease_renewal_failed",
+                        "lease renewal failed (%s); retrying",
+                        e,
+                        error=str(e),
+                    )
                     continue
                 self._lost(f"no renewal for {self.ttl_ms} ms ({e})")
                 return
@@ -315,7 +323,16 @@ class Lease:
     def _lost(self, reason: str) -> None:
         with self._lock:
             self._token = None
-        _log.error("lease %s lost: %s", self.key, reason)
+        event(
+            _log,
+            ERROR,
+            "lease_lost",
+            "lease %s lost: %s",
+            self.key,
+            reason,
+            reason=reason,
+            longest_gap_s=round(self.longest_gap_s, 3),
+        )
         if self._on_lost is not None:
             self._on_lost(reason)
 
@@ -329,13 +346,25 @@ class Lease:
         with self._lock:
             held, self._token = self._token is not None, None
         if held:
-            _log.info(
+            event(
+                _log,
+                INFO,
+                "lease_released",
                 "lease %s released (longest gap between renewals %.3f s, TTL %.3f s)",
                 self.key,
                 self.longest_gap_s,
                 self.ttl_ms / 1000,
+                longest_gap_s=round(self.longest_gap_s, 3),
+                ttl_s=self.ttl_ms / 1000,
             )
             try:
                 self._release(keys=[self.key], args=[self.owner])
             except redis.exceptions.RedisError as e:
-                _log.warning("lease %s not released (%s); it expires by itself", self.key, e)
+                event(
+                    _log,
+                    WARNING,
+                    "lease_not_released",
+                    "lease %s not released (%s); it expires by itself",
+                    self.key,
+                    e,
+                )

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from tenacity import (
     AttemptManager,
@@ -46,9 +47,17 @@ from tenacity.stop import stop_base
 
 from .errors import OperationalError
 
-__all__ = ["RetryPolicy", "Stopped"]
+__all__ = ["RetryPolicy", "Stopped", "event"]
 
 _log = logging.getLogger("shop.retry")
+
+
+def event(
+    logger: logging.Logger, level: int, name: str, message: str, *args: object, **fields: Any
+) -> None:
+    """Log ``message % args`` as the event ``name`` with ``fields`` (figures a JSON log
+    line carries as members, a text line as ``key=value``)."""
+    logger.log(level, message, *args, extra={"fields": {"event": name, **fields}})
 
 
 class Stopped(Exception):

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, NoReturn
@@ -42,6 +43,7 @@ import redis
 from . import audit
 from .catchup import Checkpoint
 from .cli_common import (
+    LOG_CONTEXT,
     CleanErrorsCommand,
     DomainCli,
     FiniteFloat,
@@ -58,8 +60,9 @@ from .journals import RedisOutcomeJournal
 from .keys import StreamKeys
 from .lease import Lease
 from .logs.redis_stream import RedisStreamLog
+from .metrics import RunnerMetrics, serve
 from .redis_errors import redis_errors, refuse_eviction, refuse_own_stream
-from .retry import RetryPolicy, Stopped
+from .retry import RetryPolicy, Stopped, event
 from .runner import Runner, RunnerConfig, Summary
 from .snapshots.redis import RedisSnapshotStore
 
@@ -159,6 +162,16 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
     )
     @click.option("--reason", default=None, help="Why, for the audit trail (with --accept-*).")
     @click.option(
+        "--metrics-port",
+        type=click.IntRange(min=0, max=65535),
+        default=None,
+        help="Serve Prometheus metrics on /metrics and health on /healthz at this port "
+        "(0: any free port, logged).",
+    )
+    @click.option(
+        "--metrics-addr", default="127.0.0.1", show_default=True, help="Address to serve on."
+    )
+    @click.option(
         "--allow-eviction",
         is_flag=True,
         help="Run even if Redis may evict keys (maxmemory with a policy other than "
@@ -217,18 +230,28 @@ def _run(
     key_window: int,
     accept: Literal["gap", "rollback"] | None,
     reason: str | None,
+    metrics_port: int | None,
+    metrics_addr: str,
 ) -> None:
     stop = threading.Event()
     current: list[Runner[Any, Any]] = []
 
     def fail(error: BaseException) -> NoReturn:
-        _log.error("%s", clean_error_message(error) + _resolution(error, stream))
+        name = "gap" if isinstance(error, GapError) else type(error).__name__
+        event(
+            _log,
+            ERROR,
+            "stopped_by_error",
+            "%s",
+            clean_error_message(error) + _resolution(error, stream),
+            error=name,
+        )
         sys.exit(1)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             # Stays installed: a second signal must not kill the final snapshot.
-            _log.warning("%s: already stopping", signal.Signals(signum).name)
+            event(_log, WARNING, "signal", "%s: already stopping", signal.Signals(signum).name)
             return
         stop.set()
         for r in list(current):
@@ -236,23 +259,44 @@ def _run(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    setup_logging(log_format)
+    setup_logging(log_format, context={"stream": stream})
     if give_up_after is None and exit_when_idle:
         give_up_after = GIVE_UP_AFTER_IDLE
     keys = StreamKeys.for_stream(stream)
     url = resolve_url(redis_url, data_dir)
-    _log.info("stream %s at %s", stream, mask_url(url))
+    event(_log, INFO, "connect", "stream %s at %s", stream, mask_url(url), url=mask_url(url))
     client = make_client(url, BLOCK_MS)
     try:
         refuse_own_stream(client, stream)
         if allow_eviction:
-            _log.warning("--allow-eviction: keys this runner relies on may be evicted")
+            event(
+                _log,
+                WARNING,
+                "allow_eviction",
+                "--allow-eviction: keys this runner relies on may be evicted",
+            )
         else:
             refuse_eviction(client)
     except (PermanentError, OperationalError) as e:
         fail(e)
     log = RedisStreamLog(client, keys.stream, keys.dead)
     lease = Lease(client, stream, ttl_ms=int(lease_ttl * 1000), snapshot_key=keys.snapshot)
+    LOG_CONTEXT["runner"] = lease.owner
+    observer = None
+    metrics_server = None
+    if metrics_port is not None:
+        metrics = RunnerMetrics()
+        observer = metrics.for_stream(stream, RedisStreamLog(client, keys.stream, keys.dead))
+        metrics_server = serve(metrics, metrics_port, lambda: [observer.health()], metrics_addr)
+        event(
+            _log,
+            INFO,
+            "metrics",
+            "metrics on http://%s:%d/metrics and /healthz",
+            metrics_addr,
+            metrics_server.port,
+            port=metrics_server.port,
+        )
     store = RedisSnapshotStore.for_lease(client, keys.snapshot, lease, keys.stream)
     retry = RetryPolicy(give_up_after=give_up_after)
     journal = RedisOutcomeJournal(client, keys.outcomes, max_block_ms=BLOCK_MS)
@@ -270,11 +314,21 @@ def _run(
     )
 
     def on_lost(reason: str) -> None:
+        if observer is not None:
+            observer.lease(None)
         for r in list(current):
             r.abandon(f"lease lost: {reason}")
 
     def on_wait(holder: str | None) -> None:
-        _log.info("lease %s held by %s: waiting for it", lease.key, holder)
+        event(
+            _log,
+            INFO,
+            "lease_wait",
+            "lease %s held by %s: waiting for it",
+            lease.key,
+            holder,
+            holder=holder,
+        )
 
     def record(entry: Mapping[str, str]) -> None:
         who = {"reason": reason or "", "who": audit.operator(), "runner": lease.owner}
@@ -291,6 +345,7 @@ def _run(
                 journal=journal,
                 audit=record,
                 on_rebuild=lambda: _set_aside(client, keys),
+                observer=observer,
             )
             if folded is not None:
                 runner.expect(folded)
@@ -307,9 +362,20 @@ def _run(
             except (PermanentError, OperationalError, IntegrityError) as e:
                 fail(e)
             if token is None:
-                _log.info("stopped while waiting for the lease %s", lease.key)
+                event(_log, INFO, "stopped", "stopped while waiting for the lease %s", lease.key)
                 break
-            _log.info("lease %s acquired (fencing token %d)", lease.key, token)
+            event(
+                _log,
+                INFO,
+                "lease_acquired",
+                "lease %s acquired (fencing token %d)",
+                lease.key,
+                token,
+                token=token,
+                ttl_s=lease_ttl,
+            )
+            if observer is not None:
+                observer.lease(token)
             try:
                 summary = runner.run(exit_when_idle=exit_when_idle)
             except (IntegrityError, PermanentError, OperationalError) as e:
@@ -317,16 +383,28 @@ def _run(
             finally:
                 current.clear()
                 lease.release()
+                if observer is not None:
+                    observer.lease(None)
             if exit_when_idle and runner.final_snapshot_error is not None:
                 _print_summary(summary, log_format)
-                _log.error(
+                event(
+                    _log,
+                    ERROR,
+                    "snapshot_failed",
                     "%s: --exit-when-idle drained the log but could not save the state; "
                     "the next start replays from the last stored snapshot",
                     runner.final_snapshot_error,
                 )
                 sys.exit(1)
             if summary.stop_reason.startswith("abandoned"):
-                _log.warning("%s; waiting to re-acquire the lease", summary.stop_reason)
+                event(
+                    _log,
+                    WARNING,
+                    "lease_lost",
+                    "%s; waiting to re-acquire the lease",
+                    summary.stop_reason,
+                    reason=summary.stop_reason,
+                )
                 folded = runner.checkpoint
                 # The decision was taken and recorded once; it is not taken again.
                 config = replace(config, accept=None)
@@ -336,6 +414,8 @@ def _run(
                 _print_summary(summary, log_format)
             break
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         log.close()
         store.close()
 
@@ -364,4 +444,13 @@ def _set_aside(client: redis.Redis, keys: StreamKeys) -> None:
         with redis_errors("RENAME", key):
             if client.exists(key):
                 client.rename(key, key + suffix)
-                _log.warning("renamed %s to %s (kept, not deleted)", key, key + suffix)
+                event(
+                    _log,
+                    WARNING,
+                    "set_aside",
+                    "renamed %s to %s (kept, not deleted)",
+                    key,
+                    key + suffix,
+                    key=key,
+                    renamed=key + suffix,
+                )

@@ -55,21 +55,22 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Generic, Literal, TypeVar
+from logging import DEBUG, ERROR, INFO, WARNING
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from returns.result import Failure, Success
 from tqdm import tqdm
 
-from .catchup import Checkpoint, ReadAhead, check_continuity, consume
+from .catchup import Batch, Checkpoint, ReadAhead, check_continuity, consume
 from .domain import Domain, Folder, Outcome, Tally
 from .envelope import Snapshot, decode_snapshot, encode_snapshot, read_header
 from .errors import FencedError, GapError, IntegrityError, OperationalError, PermanentError
 from .idempotency import DEFAULT_WINDOW, KeyWindow
 from .journals import OutcomeJournal
 from .protocols import ORIGIN, DeadLetter, EventLog, Position, Record, SnapshotStore
-from .retry import RetryPolicy, Stopped
+from .retry import RetryPolicy, Stopped, event
 
-__all__ = ["Runner", "RunnerConfig", "Summary", "gc_tuned_for_folding"]
+__all__ = ["Runner", "RunnerConfig", "RunnerObserver", "Summary", "gc_tuned_for_folding"]
 
 _log = logging.getLogger("shop.runner")
 
@@ -207,6 +208,22 @@ class Summary:
         return "\n".join(f"{k}: {json.dumps(v)}" for k, v in self.to_dict().items())
 
 
+class RunnerObserver(Protocol):
+    """What a runner reports as it goes (``shop_adapters.metrics`` keeps metrics of it)."""
+
+    def restored(self, seconds: float, position: Position, records: int) -> None:
+        """The restore took ``seconds`` and left the fold at ``position``."""
+
+    def batch(self, batch: Batch, seconds: float, records_total: int) -> None:
+        """A batch was consumed (and its dead letters and outcomes written) in ``seconds``."""
+
+    def snapshot(self, written: bool, seconds: float) -> None:
+        """A snapshot write ended: ``written``, or failed, after ``seconds``."""
+
+    def phase(self, following: bool) -> None:
+        """Caught up and following now (``True``), or no longer (``False``)."""
+
+
 class _SnapshotWriter(Generic[S]):
     """Background thread writing the latest submitted snapshot (a slot of one)."""
 
@@ -217,7 +234,9 @@ class _SnapshotWriter(Generic[S]):
         on_fenced: Callable[[str], None],
         on_fatal: Callable[[Exception], None],
         logger: logging.Logger,
+        observer: RunnerObserver | None,
     ) -> None:
+        self.observer = observer
         self._store = store
         self._domain = domain
         self._on_fenced = on_fenced
@@ -271,32 +290,86 @@ class _SnapshotWriter(Generic[S]):
     def write(self, snapshot: Snapshot[S]) -> bool:
         """Encode and write ``snapshot`` now; log one line and return ``False`` on failure."""
         at = snapshot.position
+        log = self._logger
+        fields = {"position": str(at), "records": snapshot.records}
+        started = time.perf_counter()
         try:
             blob = encode_snapshot(snapshot, self._domain)
             anchor = snapshot.anchor
             self._store.write(blob, None if anchor is None else (at, anchor))
         except OperationalError as e:
-            self._logger.warning("snapshot at %s not written, store unreachable: %s", at, e)
+            event(
+                log,
+                WARNING,
+                "snapshot_failed",
+                "snapshot at %s not written, store unreachable: %s",
+                at,
+                e,
+                **fields,
+            )
+            self._observe_snapshot(False, started)
             return False
         except FencedError as e:
-            self._logger.error("snapshot at %s refused by the store: %s", at, e)
+            event(
+                log,
+                ERROR,
+                "snapshot_refused",
+                "snapshot at %s refused by the store: %s",
+                at,
+                e,
+                **fields,
+            )
+            self._observe_snapshot(False, started)
             self._on_fenced(f"fenced: {e}")
             return False
         except IntegrityError as e:
-            self._logger.error("snapshot at %s refused by the store: %s", at, e)
+            event(
+                log,
+                ERROR,
+                "snapshot_refused",
+                "snapshot at %s refused by the store: %s",
+                at,
+                e,
+                **fields,
+            )
+            self._observe_snapshot(False, started)
             self._on_fatal(e)
             return False
         except (PermanentError, OSError) as e:
-            self._logger.error("snapshot at %s not written: %s", at, e)
+            event(log, ERROR, "snapshot_failed", "snapshot at %s not written: %s", at, e, **fields)
+            self._observe_snapshot(False, started)
             return False
         except Exception:  # a thread must not die silently; the fold goes on
-            self._logger.exception("snapshot at %s failed", at)
+            log.exception(
+                "snapshot at %s failed",
+                at,
+                extra={"fields": {"event": "snapshot_failed", **fields}},
+            )
+            self._observe_snapshot(False, started)
             return False
+        seconds = self._observe_snapshot(True, started)
         with self._cond:
             self.written += 1
             self.last_position = at
-        self._logger.debug("snapshot written at %s (%d bytes)", at, len(blob))
+        event(
+            log,
+            DEBUG,
+            "snapshot_written",
+            "snapshot written at %s (%d bytes, %.3f s)",
+            at,
+            len(blob),
+            seconds,
+            bytes=len(blob),
+            seconds=round(seconds, 4),
+            **fields,
+        )
         return True
+
+    def _observe_snapshot(self, written: bool, started: float) -> float:
+        seconds = time.perf_counter() - started
+        if self.observer is not None:
+            self.observer.snapshot(written, seconds)
+        return seconds
 
 
 @dataclass
@@ -319,6 +392,8 @@ class Runner(Generic[S, E]):
     - ``audit``: records an operator's decision (``RunnerConfig.accept``) as a
       mapping of text fields; ``on_rebuild``: called before an accepted
       rollback is rebuilt (to set the old outcome journal aside);
+    - ``observer``: a :class:`RunnerObserver` told of restores, batches,
+      snapshots and the follow phase (metrics);
     - ``logger``: where progress and warnings go (default ``shop.runner``).
 
     :meth:`run` raises :class:`~shop_adapters.errors.GapError` or
@@ -339,6 +414,7 @@ class Runner(Generic[S, E]):
         journal: OutcomeJournal | None = None,
         audit: Callable[[Mapping[str, str]], None] | None = None,
         on_rebuild: Callable[[], None] | None = None,
+        observer: RunnerObserver | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         config = config or RunnerConfig()
@@ -351,6 +427,7 @@ class Runner(Generic[S, E]):
         self.journal = journal
         self.audit = audit
         self.on_rebuild = on_rebuild
+        self.observer = observer
         self._logger = logger or _log
         self._stop = threading.Event()
         self._abandoned: str | None = None
@@ -359,7 +436,7 @@ class Runner(Generic[S, E]):
         store, or still failing after the retries), else ``None``."""
         self._fatal: Exception | None = None
         self._writer: _SnapshotWriter[S] = _SnapshotWriter(
-            store, domain, self.abandon, self._fail, self._logger
+            store, domain, self.abandon, self._fail, self._logger, observer
         )
         # The fold's state: only the run() thread writes these.
         self._folder: Folder[S, E] = domain.folder(domain.initial)
@@ -449,6 +526,8 @@ class Runner(Generic[S, E]):
                 blob = self.store.read()
         self._adopt(blob)
         self.restore_seconds = time.perf_counter() - started
+        if self.observer is not None:
+            self.observer.restored(self.restore_seconds, self.position, self._records)
 
     def _adopt(self, blob: bytes | None) -> None:
         domain = self.domain
@@ -463,12 +542,23 @@ class Runner(Generic[S, E]):
             header = read_header(blob) if blob is not None else None
             if header is not None:
                 self._hold_snapshots_until = header.position
-            self._logger.info(
+            event(
+                self._logger,
+                INFO,
+                "restore",
                 "ignoring the stored snapshot (from scratch); none is written before %s",
                 self._hold_snapshots_until,
+                from_scratch=True,
+                hold_until=str(self._hold_snapshots_until),
             )
         elif blob is None:
-            self._logger.info("no snapshot: replaying the log from the origin")
+            event(
+                self._logger,
+                INFO,
+                "restore",
+                "no snapshot: replaying the log from the origin",
+                position=str(ORIGIN),
+            )
         else:
             match decode_snapshot(blob, domain, window):
                 case Success(snap):
@@ -480,12 +570,25 @@ class Runner(Generic[S, E]):
                         snap.tally,
                     )
                     restored = snap.position
-                    self._logger.info(
-                        "restored snapshot at %s (%d records folded)", snap.position, snap.records
+                    event(
+                        self._logger,
+                        INFO,
+                        "restore",
+                        "restored snapshot at %s (%d records folded)",
+                        snap.position,
+                        snap.records,
+                        position=str(snap.position),
+                        records=snap.records,
+                        bytes=len(blob),
                     )
                 case Failure(why):
-                    self._logger.warning(
-                        "snapshot set aside (%s): rebuilding by replay from the origin", why
+                    event(
+                        self._logger,
+                        WARNING,
+                        "snapshot_set_aside",
+                        "snapshot set aside (%s): rebuilding by replay from the origin",
+                        why,
+                        reason=why,
                     )
         self._folder = domain.folder(state)
         self._restored = (blob, restored)
@@ -499,7 +602,12 @@ class Runner(Generic[S, E]):
             with attempt:
                 blob = self.store.read()
         if blob != self._restored[0]:
-            self._logger.info("the stored snapshot changed since it was read: reading it again")
+            event(
+                self._logger,
+                INFO,
+                "restore",
+                "the stored snapshot changed since it was read: reading it again",
+            )
             self._adopt(blob)
 
     # -- the loop -----------------------------------------------------------------
@@ -544,7 +652,9 @@ class Runner(Generic[S, E]):
             reason = "abandoned: " + self._abandoned
         lag = 0 if reason == "idle" else self._lag()
         summary = self._summary(reason, started, lag)
-        self._logger.info("run ended", extra={"fields": summary.to_dict()})
+        self._logger.info(
+            "run ended", extra={"fields": {"event": "run_ended", **summary.to_dict()}}
+        )
         return summary
 
     def _check_history(self) -> None:
@@ -572,8 +682,12 @@ class Runner(Generic[S, E]):
             check_continuity(self.log, ORIGIN)
         else:
             if accept is not None:
-                self._logger.info(
-                    "--accept-%s: the log holds the state's history, nothing to accept", accept
+                event(
+                    self._logger,
+                    INFO,
+                    "nothing_to_accept",
+                    "--accept-%s: the log holds the state's history, nothing to accept",
+                    accept,
                 )
 
     def _decide(self, decision: str, error: IntegrityError, action: str) -> None:
@@ -584,8 +698,15 @@ class Runner(Generic[S, E]):
             "error": f"{type(error).__name__}: {error}",
             "action": action,
         }
-        self._logger.warning(
-            "%s: %s (%s)", decision, action, error, extra={"fields": {"event": decision}}
+        event(
+            self._logger,
+            WARNING,
+            decision.replace("-", "_"),
+            "%s: %s (%s)",
+            decision,
+            action,
+            error,
+            **entry,
         )
         if self.audit is not None:
             self.audit(entry)
@@ -619,7 +740,18 @@ class Runner(Generic[S, E]):
                     if bar is not None:
                         bar.close()
                         bar = None
-                    self._logger.info("caught up at %s", self.position)
+                    event(
+                        self._logger,
+                        INFO,
+                        "caught_up",
+                        "caught up at %s",
+                        self.position,
+                        position=str(self.position),
+                        records=self._records,
+                        seconds=round(self.catch_up_seconds, 3),
+                    )
+                    if self.observer is not None:
+                        self.observer.phase(True)
                 if not records and exit_when_idle:
                     return "idle"
                 self._maybe_snapshot()
@@ -628,6 +760,8 @@ class Runner(Generic[S, E]):
             self._reader.close()
             if bar is not None:
                 bar.close()
+            if self.observer is not None:
+                self.observer.phase(False)
         return "stopped"
 
     def _next_batch(self, catching_up: bool) -> list[Record]:
@@ -652,10 +786,21 @@ class Runner(Generic[S, E]):
                     if not records:
                         self._check_while_idle()
                 if after_outage:
-                    self._logger.info("reconnected; resuming after %s", self.position)
+                    event(
+                        self._logger,
+                        INFO,
+                        "reconnected",
+                        "reconnected; resuming after %s",
+                        self.position,
+                        position=str(self.position),
+                    )
                 if records:
-                    self._consume(records)
+                    started = time.perf_counter()
+                    batch = self._consume(records)
                     self._flush()
+                    if self.observer is not None:
+                        seconds = time.perf_counter() - started
+                        self.observer.batch(batch, seconds, self._records)
         return records
 
     def _check_while_idle(self) -> None:
@@ -666,7 +811,7 @@ class Runner(Generic[S, E]):
             self._idle_check = now
             check_continuity(self.log, self.position, self._records, self._anchor)
 
-    def _consume(self, records: list[Record]) -> None:
+    def _consume(self, records: list[Record]) -> Batch:
         """Fold one batch through the catch-up step; the position moves at the end."""
         batch = consume(
             self.domain,
@@ -690,6 +835,7 @@ class Runner(Generic[S, E]):
             self._pending_outcomes.extend(
                 batch.outcomes if tail is None else [o for o in batch.outcomes if o[0] > tail]
             )
+        return batch
 
     def _flush(self) -> None:
         """Write the dead letters and outcomes consumed but not yet written (each at
@@ -697,7 +843,16 @@ class Runner(Generic[S, E]):
         while self._pending_dead:
             letter = self._pending_dead[0]
             if self.log.dead_letter(letter):
-                self._logger.warning("dead letter at %s: %s", letter.position, letter.reason[:200])
+                event(
+                    self._logger,
+                    WARNING,
+                    "dead_letter",
+                    "dead letter at %s: %s",
+                    letter.position,
+                    letter.reason[:200],
+                    position=str(letter.position),
+                    reason=letter.reason[:200],
+                )
             self._pending_dead.pop(0)
         if self._pending_outcomes and self.journal is not None:
             self.journal.write(self._pending_outcomes)
@@ -734,8 +889,14 @@ class Runner(Generic[S, E]):
         if self._restored is not None and self._restored[1] == self.position:
             return  # the stored snapshot is already this state
         if self.position < self._hold_snapshots_until or self.position == ORIGIN:
-            self._logger.info(
-                "no final snapshot at %s: the stored one is further on", self.position
+            event(
+                self._logger,
+                INFO,
+                "snapshot_held_back",
+                "no final snapshot at %s: the stored one is further on",
+                self.position,
+                position=str(self.position),
+                stored=str(self._hold_snapshots_until),
             )
             return
         snapshot = self._snapshot()
@@ -750,9 +911,14 @@ class Runner(Generic[S, E]):
             retry = self.config.retry
             time.sleep(min(retry.cap, retry.base * 2 ** (attempt - 1)))
         self.final_snapshot_error = f"final snapshot at {self.position} not written"
-        self._logger.error(
+        event(
+            self._logger,
+            ERROR,
+            "snapshot_failed",
             "final snapshot at %s not written; the next start replays from the last one",
             self.position,
+            position=str(self.position),
+            final=True,
         )
 
     # -- reporting ------------------------------------------------------------------
@@ -780,10 +946,14 @@ class Runner(Generic[S, E]):
         if elapsed < interval:
             return
         run = self._run
+        if run.records == self._report_records:
+            self._report_clock = now  # idle: nothing to report
+            return
         self._logger.info(
             "progress",
             extra={
                 "fields": {
+                    "event": "progress",
                     "position": str(self.position),
                     "records": run.records,
                     "records_per_s": round((run.records - self._report_records) / elapsed, 1),
