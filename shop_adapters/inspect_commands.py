@@ -1,19 +1,23 @@
 """``inspect``, generic over the domain: :func:`inspect_group` builds the click group.
 
-Read-only: never writes snapshots, dead letters or a lease, so it can run
-beside a live runner. ``python -m shop_adapters.inspector`` (console script
+Read-only but for ``trim``: it never writes snapshots, dead letters or a lease,
+so it can run beside a live runner. ``python -m shop_adapters.inspector`` (console script
 ``shop-inspect``) is this group for the shop. Connection options as for the
 runner; the domain's options (the shop's ``--price-list``) must be the runner's.
 
-- ``state [--json] [--at POSITION]``: the latest snapshot plus the records
-  after it, folded in memory through :func:`shop_adapters.catchup.replay`.
-  ``--at`` folds up to and including ``POSITION``, from the snapshot if it is
-  at or below it, else from scratch. ``--json`` prints ``{"position",
-  "digest", ...the domain's state_json}``.
+- ``state [--json] [--at POSITION | --at-time TIME]``: the nearest snapshot at
+  or before the target (the latest, or one the history keeps:
+  :mod:`shop_adapters.history`) plus the records after it, folded in memory
+  through :func:`shop_adapters.catchup.replay`. ``--json`` prints
+  ``{"position", "digest", ...the domain's state_json}``.
 - ``verify``: rebuild from scratch up to the snapshot's position and compare:
   exit 0 if equal, 1 with the first difference (or if there is no usable
   snapshot, or the history before it is gone).
 - ``audit [--json]``: the operators' decisions (:mod:`shop_adapters.audit`).
+- ``trim --below-snapshot [--archive FILE]``: the one command that writes: trims
+  the stream below the oldest snapshot kept (``XTRIM MINID``), after copying
+  the entries to a file log with ``--archive`` (``verify --archive FILE`` then
+  still rebuilds from the origin).
 - ``dead-letters [--json]``: every dead letter with its position, reason and
   raw fields; ``--json`` prints one JSON array (``[]`` when none) of
   ``{"position", "reason", "fields": [[name, value], ...]}`` where a name or
@@ -26,6 +30,9 @@ import base64
 import json
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,7 @@ import click
 from returns.result import Failure, Success
 
 from . import audit
+from .archive import ArchivedLog, archive_below
 from .catchup import Replayed, replay
 from .cli_common import (
     CleanErrorsGroup,
@@ -46,13 +54,30 @@ from .cli_common import (
 from .domain import Domain, Outcome, Tally
 from .envelope import Snapshot, decode_snapshot, read_header
 from .errors import GapError, IntegrityError, OperationalError
+from .history import HistoryEntry, RedisSnapshotHistory, SnapshotHistory
+from .idempotency import DEFAULT_WINDOW
 from .journals import OutcomeJournal, RedisOutcomeJournal
 from .keys import StreamKeys
+from .logs.file import FileLog
 from .logs.redis_stream import RedisStreamLog
 from .protocols import ORIGIN, DeadLetter, EventLog, Position, SnapshotStore
+from .redis_errors import redis_errors
 from .snapshots.redis import RedisSnapshotStore
 
-__all__ = ["dead_letter_json", "inspect_group", "json_value", "latest_snapshot", "text_value"]
+__all__ = [
+    "StateAt",
+    "at_options",
+    "dead_letter_json",
+    "fold_for",
+    "inspect_group",
+    "json_value",
+    "latest_snapshot",
+    "parse_at",
+    "parse_at_time",
+    "resolve_at",
+    "state_at",
+    "text_value",
+]
 
 _log = logging.getLogger("shop.inspect")
 
@@ -106,6 +131,11 @@ class _Ctx:
     @property
     def store(self) -> SnapshotStore:
         return self._connect()[1]
+
+    @property
+    def history(self) -> SnapshotHistory:
+        log, _ = self._connect()
+        return RedisSnapshotHistory(log.client, self.keys.history)
 
     @property
     def journal(self) -> OutcomeJournal:
@@ -181,7 +211,151 @@ def inspect_group(domain_cli: DomainCli) -> click.Group:
     cli.add_command(_verify)
     cli.add_command(_dead_letters)
     cli.add_command(_audit)
+    cli.add_command(_trim)
     return cli
+
+
+def parse_at(text: str) -> Position:
+    """A position for ``--at``: ``ms-seq``, or ``ms`` alone, meaning the last entry of
+    that millisecond (as Redis reads an end ID without a sequence number).
+
+    >>> parse_at("1700000000000-3"), parse_at("1700000000000") == Position(1700000000000, 2**64 - 1)
+    (Position(major=1700000000000, minor=3), True)
+    """
+    if text.isdigit():
+        return Position(int(text), _MAX_SEQ)
+    return Position.parse(text)
+
+
+def parse_at_time(text: str) -> Position:
+    """A position for ``--at-time``: the last entry at or before an ISO 8601 time
+    (a Redis entry ID carries its time in milliseconds); no zone means UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise ValueError(f"not an ISO 8601 time: {text!r} ({e})") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return Position(int(moment.timestamp() * 1000), _MAX_SEQ)
+
+
+_MAX_SEQ = 2**64 - 1
+
+
+@dataclass
+class StateAt:
+    """The state :func:`state_at` folded: ``result``, the snapshot it started from
+    (``start``, :data:`ORIGIN` for none) and notes for the operator."""
+
+    result: Replayed[Any]
+    start: Position
+    notes: list[str] = field(default_factory=list)
+
+
+def state_at(obj: _Ctx, until: Position | None) -> StateAt:
+    """The state at ``until`` (``None``: the log's end): from the nearest snapshot at
+    or before it (the latest, or one the history keeps), then a read-only replay.
+
+    Raises ``OperationalError`` and ``IntegrityError`` (``GapError``) as the log does.
+    """
+    domain, notes = obj.domain, []
+    last = obj.log.last_position()
+    if last == ORIGIN:
+        notes.append(f"warning: stream {obj.stream} does not exist or is empty")
+    elif until is not None and until > last:
+        notes.append(f"{until} is beyond the end of the log, which ends at {last}: showing {last}")
+    latest = obj.store.read()
+    header = read_header(latest) if latest is not None else None
+    candidates: list[tuple[Position, HistoryEntry | None]] = [
+        (e.position, e) for e in obj.history.entries()
+    ]
+    if header is not None:
+        candidates.append((header.position, None))  # None: the latest snapshot
+    candidates.sort(key=lambda c: (c[0], c[1] is None), reverse=True)
+    for position, entry in candidates:
+        if until is not None and position > until:
+            continue
+        blob = latest if entry is None else obj.history.read(entry)
+        snap, why = _decode(blob, domain)
+        if snap is None:
+            notes.append(f"snapshot at {position} set aside ({why})")
+            continue
+        if until is not None and until == snap.position:
+            # The snapshot is the answer: nothing is folded, so no gap matters.
+            return StateAt(
+                Replayed(snap.state, snap.position, snap.anchor, 0, Tally()), snap.position, notes
+            )
+        result = replay(
+            obj.log,
+            domain,
+            snap.state,
+            snap.position,
+            until=until,
+            records_before=snap.records,
+            anchor=snap.anchor,
+            keys=snap.keys,
+            key_window=None,
+        )
+        return StateAt(result, snap.position, notes)
+    window = header.key_window if header is not None else DEFAULT_WINDOW
+    return StateAt(replay(obj.log, domain, until=until, key_window=window), ORIGIN, notes)
+
+
+def _decode(blob: bytes | None, domain: Domain[Any, Any]) -> tuple[Snapshot[Any] | None, str]:
+    if blob is None:
+        return None, "no longer there"
+    header = read_header(blob)
+    match decode_snapshot(blob, domain, header.key_window if header is not None else None):
+        case Success(snap):
+            return snap, ""
+        case Failure(why):
+            return None, str(why)
+    return None, "unreachable"  # pragma: no cover
+
+
+def at_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--at`` and ``--at-time``, for commands that show a state."""
+    f = click.option(
+        "--at-time",
+        default=None,
+        help="The state at this time (ISO 8601; no zone means UTC): the last entry at "
+        "or before it.",
+    )(f)
+    f = click.option(
+        "--at",
+        default=None,
+        help="The state after this position (ms-seq, or ms alone for the last entry of "
+        "that millisecond).",
+    )(f)
+    return f
+
+
+def resolve_at(at: str | None, at_time: str | None) -> Position | None:
+    """The target of ``--at``/``--at-time``; a usage error for a bad or double one."""
+    if at is not None and at_time is not None:
+        raise click.UsageError("--at and --at-time name the same thing: give one")
+    try:
+        if at is not None:
+            return parse_at(at)
+        if at_time is not None:
+            return parse_at_time(at_time)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--at" if at else "--at-time") from e
+    return None
+
+
+def fold_for(obj: _Ctx, at: str | None, at_time: str | None) -> StateAt:
+    """:func:`state_at` for a command's ``--at``/``--at-time``; notes go to stderr,
+    and a log that cannot be read ends the command (exit 1)."""
+    until = resolve_at(at, at_time)
+    try:
+        found = state_at(obj, until)
+    except (OperationalError, IntegrityError) as e:
+        _fail(f"{type(e).__name__}: {e}")
+        raise AssertionError("unreachable") from e
+    for note in found.notes:
+        click.echo(note, err=True)
+    return found
 
 
 @click.command("state")
@@ -192,50 +366,21 @@ def inspect_group(domain_cli: DomainCli) -> click.Group:
     help='Print the whole state as one JSON object: {"position": "ms-seq", "digest": hex, '
     "...the domain's state as JSON}.",
 )
-@click.option("--at", default=None, help="Fold up to and including this position (ms-seq).")
+@at_options
 @click.pass_obj
-def _state(obj: _Ctx, as_json: bool, at: str | None) -> None:
-    """The current state (or the state at --at), read-only.
+def _state(obj: _Ctx, as_json: bool, at: str | None, at_time: str | None) -> None:
+    """The current state (or the state at --at / --at-time), read-only.
 
-    Text output: position, digest, where the fold started (snapshot or
-    scratch), what it folded. Warnings (a snapshot set aside, a stream that
-    does not exist or is empty) go to stderr; exit 0. Exit 1 if Redis cannot
-    be read or the log does not hold the history.
+    It starts from the nearest snapshot at or before the target (the latest,
+    or one of the history) and folds the records after it. Text output:
+    position, digest, where the fold started, what it folded. Notes (a
+    snapshot set aside, a target beyond the end, an empty stream) go to
+    stderr; exit 0. Exit 1 if Redis cannot be read or the log does not hold
+    the history.
     """
     domain = obj.domain
-    try:
-        until = Position.parse(at) if at is not None else None
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--at") from e
-    try:
-        snap, why = latest_snapshot(obj.store, domain)
-        if why is not None:
-            click.echo(f"snapshot set aside ({why}); folding from scratch", err=True)
-        if obj.log.last_position() == ORIGIN:
-            click.echo(f"warning: stream {obj.stream} does not exist or is empty", err=True)
-        if snap is not None and until is not None and until == snap.position:
-            # The snapshot is the answer: nothing is folded, so no gap matters.
-            result: Replayed[Any] = Replayed(snap.state, snap.position, snap.anchor, 0, Tally(), [])
-            start = snap.position
-        elif snap is not None and (until is None or snap.position <= until):
-            start = snap.position
-            result = replay(
-                obj.log,
-                domain,
-                snap.state,
-                snap.position,
-                until=until,
-                records_before=snap.records,
-                anchor=snap.anchor,
-                keys=snap.keys,
-                key_window=None,
-            )
-        else:
-            start = ORIGIN
-            result = replay(obj.log, domain, until=until)
-    except (OperationalError, IntegrityError) as e:
-        _fail(f"{type(e).__name__}: {e}")
-        return
+    found = fold_for(obj, at, at_time)
+    result, start = found.result, found.start
     digest = domain.digest(result.state)
     if as_json:
         out = {"position": str(result.position), "digest": digest}
@@ -253,8 +398,14 @@ def _state(obj: _Ctx, as_json: bool, at: str | None) -> None:
 
 
 @click.command("verify")
+@click.option(
+    "--archive",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The file `inspect trim --archive` wrote: rebuild from it, then the stream.",
+)
 @click.pass_obj
-def _verify(obj: _Ctx) -> None:
+def _verify(obj: _Ctx, archive: Path | None) -> None:
     """Rebuild from scratch and compare with the latest snapshot.
 
     Exit 0 and ``ok: ...`` on stdout if equal; exit 1 with one line on stderr
@@ -271,7 +422,8 @@ def _verify(obj: _Ctx) -> None:
             return
         window = None if snap.keys is None else snap.keys.size
         outcomes: list[tuple[Position, Outcome]] = []
-        rebuilt = replay(obj.log, domain, until=snap.position, key_window=window, outcomes=outcomes)
+        log = obj.log if archive is None else ArchivedLog(FileLog(archive), obj.log)
+        rebuilt = replay(log, domain, until=snap.position, key_window=window, outcomes=outcomes)
     except GapError as e:
         at = "?" if snap is None else str(snap.position)
         _fail(
@@ -421,3 +573,60 @@ def _audit(obj: _Ctx, as_json: bool) -> None:
             if name in fields:
                 click.echo(f"  {name}: {fields[name]}")
     click.echo(f"{len(entries)} decisions", err=True)
+
+
+@click.command("trim")
+@click.option(
+    "--below-snapshot",
+    is_flag=True,
+    help="Trim the entries below the oldest snapshot kept (the latest, or the oldest "
+    "of the history). Required: it names what is trimmed.",
+)
+@click.option(
+    "--archive",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="First copy the entries to this file log (appended to; created if missing).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be trimmed; change nothing.")
+@click.pass_obj
+def _trim(obj: _Ctx, below_snapshot: bool, archive: Path | None, dry_run: bool) -> None:
+    """Trim the stream below the oldest snapshot kept: XTRIM <stream> MINID <position>.
+
+    The only command of inspect that writes. Nothing above the oldest snapshot
+    kept is ever trimmed, so the runner resumes and time travel still works
+    from every snapshot kept; a rebuild from scratch needs the archive
+    (verify --archive FILE). With --archive FILE the entries are first
+    appended to FILE (and synced), each with its position. Exit 0; 1 if there
+    is no snapshot, or Redis cannot be read or refuses.
+    """
+    if not below_snapshot:
+        raise click.UsageError("say what to trim: --below-snapshot")
+    log = obj.log
+    assert isinstance(log, RedisStreamLog)
+    try:
+        latest = obj.store.read()
+        header = read_header(latest) if latest is not None else None
+        kept = [e.position for e in obj.history.entries()]
+        if header is not None:
+            kept.append(header.position)
+        if not kept:
+            _fail("no snapshot: nothing may be trimmed (the log is the only copy of history)")
+            return
+        below = min(kept)
+        older = [r.position for r in log.read_after(ORIGIN, 1) if r.position < below]
+        if dry_run or not older:
+            what = "would trim" if older else "nothing to trim"
+            click.echo(f"{what}: the entries of {obj.stream} below {below}")
+            return
+        copied = 0
+        if archive is not None:
+            with FileLog(archive) as file:
+                copied = archive_below(log, file, below)
+        with redis_errors("XTRIM", obj.stream):
+            trimmed = log.client.xtrim(obj.stream, minid=str(below), approximate=False)
+    except (OperationalError, IntegrityError) as e:
+        _fail(f"{type(e).__name__}: {e}")
+        return
+    where = f"; archived {copied} entries to {archive}" if archive is not None else ""
+    click.echo(f"trimmed {trimmed} entries of {obj.stream} below {below}{where}")

@@ -2,7 +2,7 @@
 
 ``StreamKeys.for_stream("orders")`` names ``orders``, ``orders:dead``,
 ``orders:snapshot``, ``orders:lease``, ``orders:lease:token``,
-``orders:outcomes`` and ``orders:audit``;
+``orders:outcomes``, ``orders:audit`` and ``orders:history``;
 ``StreamKeys.for_shop("acme")`` names ``shop:{acme}``, ``shop:{acme}:dead``, ...:
 every key of one shop carries the hash tag ``{acme}``, so in a Redis Cluster
 they all live in one slot and one Lua script may touch several of them
@@ -19,7 +19,15 @@ from typing import NamedTuple
 
 __all__ = ["COMPANION_SUFFIXES", "StreamKeys"]
 
-COMPANION_SUFFIXES = (":dead", ":snapshot", ":lease", ":lease:token", ":outcomes", ":audit")
+COMPANION_SUFFIXES = (
+    ":dead",
+    ":snapshot",
+    ":lease",
+    ":lease:token",
+    ":outcomes",
+    ":audit",
+    ":history",
+)
 """Suffixes of a stream's companion keys; a stream name ending with one is refused."""
 
 
@@ -33,6 +41,7 @@ class StreamKeys(NamedTuple):
     lease_token: str
     outcomes: str
     audit: str
+    history: str
 
     @classmethod
     def for_stream(cls, stream: str) -> StreamKeys:
@@ -58,6 +67,7 @@ class StreamKeys(NamedTuple):
             f"{stream}:lease:token",
             f"{stream}:outcomes",
             f"{stream}:audit",
+            f"{stream}:history",
         )
 
     @classmethod

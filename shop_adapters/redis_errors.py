@@ -39,7 +39,7 @@ __all__ = [
 TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY")
 """Error-reply prefixes that mean "retry later", not "you are wrong"."""
 
-_OWN_SUFFIXES = (":snapshot", ":lease:token", ":lease", ":dead", ":outcomes", ":audit")
+_OWN_SUFFIXES = (":snapshot", ":lease:token", ":lease", ":dead", ":outcomes", ":audit", ":history")
 
 
 def refuse_own_stream(client: redis.Redis, stream: str) -> None:

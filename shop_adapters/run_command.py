@@ -55,6 +55,7 @@ from .cli_common import (
     setup_logging,
 )
 from .errors import GapError, IntegrityError, OperationalError, PermanentError
+from .history import HistoryPolicy, RedisSnapshotHistory
 from .idempotency import DEFAULT_WINDOW
 from .journals import RedisOutcomeJournal
 from .keys import StreamKeys
@@ -162,6 +163,28 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
     )
     @click.option("--reason", default=None, help="Why, for the audit trail (with --accept-*).")
     @click.option(
+        "--history-last",
+        type=click.IntRange(min=1),
+        default=2,
+        show_default=True,
+        help="Past snapshots kept in <stream>:history: the most recent this many...",
+    )
+    @click.option(
+        "--history-every",
+        type=click.IntRange(min=1),
+        default=100_000,
+        show_default=True,
+        help="...plus one every this many records...",
+    )
+    @click.option(
+        "--history-limit",
+        type=click.IntRange(min=0),
+        default=8,
+        show_default=True,
+        help="...at most this many in all (0: keep no history). Time travel (inspect "
+        "state --at) starts from the nearest; inspect trim never trims above the oldest.",
+    )
+    @click.option(
         "--metrics-port",
         type=click.IntRange(min=0, max=65535),
         default=None,
@@ -232,6 +255,9 @@ def _run(
     reason: str | None,
     metrics_port: int | None,
     metrics_addr: str,
+    history_last: int,
+    history_every: int,
+    history_limit: int,
 ) -> None:
     stop = threading.Event()
     current: list[Runner[Any, Any]] = []
@@ -311,7 +337,11 @@ def _run(
         retry=retry,
         key_window=key_window,
         accept=accept,
+        history=None
+        if history_limit == 0
+        else HistoryPolicy(min(history_last, history_limit), history_every, history_limit),
     )
+    history = RedisSnapshotHistory(client, keys.history)
 
     def on_lost(reason: str) -> None:
         if observer is not None:
@@ -346,6 +376,7 @@ def _run(
                 audit=record,
                 on_rebuild=lambda: _set_aside(client, keys),
                 observer=observer,
+                history=history,
             )
             if folded is not None:
                 runner.expect(folded)

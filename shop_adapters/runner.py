@@ -65,6 +65,7 @@ from .catchup import Batch, Checkpoint, ReadAhead, check_continuity, consume
 from .domain import Domain, Folder, Outcome, Tally
 from .envelope import Snapshot, decode_snapshot, encode_snapshot, read_header
 from .errors import FencedError, GapError, IntegrityError, OperationalError, PermanentError
+from .history import HistoryEntry, HistoryPolicy, SnapshotHistory
 from .idempotency import DEFAULT_WINDOW, KeyWindow
 from .journals import OutcomeJournal
 from .protocols import ORIGIN, DeadLetter, EventLog, Position, Record, SnapshotStore
@@ -131,7 +132,9 @@ class RunnerConfig:
       after the snapshot; ``"rollback"`` rebuilds from the log as it is now
       (after a rollback, a wipe or a replaced log), overwriting the stored
       snapshot. Either is recorded with the runner's ``audit``; ``None``: stop
-      with the error.
+      with the error;
+    - ``history``: which past snapshots the runner's ``history`` keeps
+      (:mod:`shop_adapters.history`); ``None``: none.
     """
 
     snapshot_every: int | None = None
@@ -146,6 +149,7 @@ class RunnerConfig:
     final_snapshot: bool = True
     key_window: int | None = DEFAULT_WINDOW
     accept: Literal["gap", "rollback"] | None = None
+    history: HistoryPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -235,8 +239,10 @@ class _SnapshotWriter(Generic[S]):
         on_fatal: Callable[[Exception], None],
         logger: logging.Logger,
         observer: RunnerObserver | None,
+        history: tuple[SnapshotHistory, HistoryPolicy] | None,
     ) -> None:
         self.observer = observer
+        self.history = history
         self._store = store
         self._domain = domain
         self._on_fenced = on_fenced
@@ -351,6 +357,8 @@ class _SnapshotWriter(Generic[S]):
         with self._cond:
             self.written += 1
             self.last_position = at
+        if self.history is not None:
+            self._keep(HistoryEntry(at, snapshot.records), blob)
         event(
             log,
             DEBUG,
@@ -364,6 +372,24 @@ class _SnapshotWriter(Generic[S]):
             **fields,
         )
         return True
+
+    def _keep(self, entry: HistoryEntry, blob: bytes) -> None:
+        """Add the snapshot just written to the history and prune it (a cache: a
+        failure is logged, never fatal)."""
+        assert self.history is not None
+        history, policy = self.history
+        try:
+            history.add(entry, blob)
+            history.prune(policy)
+        except (OperationalError, PermanentError, OSError) as e:
+            event(
+                self._logger,
+                WARNING,
+                "history_failed",
+                "snapshot history not updated: %s",
+                e,
+                position=str(entry.position),
+            )
 
     def _observe_snapshot(self, written: bool, started: float) -> float:
         seconds = time.perf_counter() - started
@@ -394,6 +420,7 @@ class Runner(Generic[S, E]):
       rollback is rebuilt (to set the old outcome journal aside);
     - ``observer``: a :class:`RunnerObserver` told of restores, batches,
       snapshots and the follow phase (metrics);
+    - ``history``: where past snapshots go (kept by ``config.history``);
     - ``logger``: where progress and warnings go (default ``shop.runner``).
 
     :meth:`run` raises :class:`~shop_adapters.errors.GapError` or
@@ -415,6 +442,7 @@ class Runner(Generic[S, E]):
         audit: Callable[[Mapping[str, str]], None] | None = None,
         on_rebuild: Callable[[], None] | None = None,
         observer: RunnerObserver | None = None,
+        history: SnapshotHistory | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         config = config or RunnerConfig()
@@ -436,7 +464,13 @@ class Runner(Generic[S, E]):
         store, or still failing after the retries), else ``None``."""
         self._fatal: Exception | None = None
         self._writer: _SnapshotWriter[S] = _SnapshotWriter(
-            store, domain, self.abandon, self._fail, self._logger, observer
+            store,
+            domain,
+            self.abandon,
+            self._fail,
+            self._logger,
+            observer,
+            None if history is None or config.history is None else (history, config.history),
         )
         # The fold's state: only the run() thread writes these.
         self._folder: Folder[S, E] = domain.folder(domain.initial)
