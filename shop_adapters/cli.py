@@ -47,7 +47,7 @@ _data_dir = click.option(
 )
 
 
-@main.group()
+@main.group(cls=CleanErrorsGroup)
 def redis() -> None:
     """The embedded Redis that the shop commands start when no --redis-url is given."""
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +54,7 @@ __all__ = [
     "connection_options",
     "make_client",
     "mask_url",
+    "plain_help",
     "resolve_url",
     "setup_logging",
 ]
@@ -127,8 +129,29 @@ def clean_error_message(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
+def plain_help(text: str | None) -> str | None:
+    """``text`` without reStructuredText markup, for ``--help``: ``x`` and
+    :role:`x` become x.
+
+    >>> plain_help("Use ``--at`` (see :func:`~shop_adapters.catchup.replay`).")
+    'Use --at (see replay).'
+    """
+    if text is None:
+        return None
+    text = re.sub(r"``([^`]*)``", r"\1", text)
+    return re.sub(r":[a-z]+:`~?(?:[\w.]*\.)?([^`.]+)`", r"\1", text)
+
+
 class _CleanErrors(click.Command):
-    """Mixin: shop and Redis errors escaping ``invoke`` end it with one line, exit 1."""
+    """Mixin: shop and Redis errors escaping ``invoke`` end it with one line, exit 1;
+    help texts lose their reStructuredText markup."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = plain_help(self.help)
+        for param in self.params:
+            if isinstance(param, click.Option):
+                param.help = plain_help(param.help)
 
     def invoke(self, ctx: click.Context) -> Any:
         """``click.Command.invoke`` (or the group's), with those errors as ``ClickException``."""
@@ -143,7 +166,10 @@ class CleanErrorsCommand(_CleanErrors):
 
 
 class CleanErrorsGroup(_CleanErrors, click.Group):
-    """A group whose subcommands' shop and Redis errors end them with one line, exit 1."""
+    """A group whose subcommands' shop and Redis errors end them with one line, exit 1
+    (its ``command`` decorator makes :class:`CleanErrorsCommand` subcommands)."""
+
+    command_class = CleanErrorsCommand
 
 
 def _stream_name(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -43,6 +43,7 @@ from . import audit
 from .archive import ArchivedLog, archive_below
 from .catchup import Replayed, replay
 from .cli_common import (
+    CleanErrorsCommand,
     CleanErrorsGroup,
     DomainCli,
     connection_options,
@@ -358,7 +359,7 @@ def fold_for(obj: _Ctx, at: str | None, at_time: str | None) -> StateAt:
     return found
 
 
-@click.command("state")
+@click.command("state", cls=CleanErrorsCommand)
 @click.option(
     "--json",
     "as_json",
@@ -397,7 +398,7 @@ def _state(obj: _Ctx, as_json: bool, at: str | None, at_time: str | None) -> Non
     )
 
 
-@click.command("verify")
+@click.command("verify", cls=CleanErrorsCommand)
 @click.option(
     "--archive",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -515,7 +516,7 @@ def _compare_journal(
     return None, count
 
 
-@click.command("dead-letters")
+@click.command("dead-letters", cls=CleanErrorsCommand)
 @click.option(
     "--json",
     "as_json",
@@ -546,7 +547,7 @@ def _dead_letters(obj: _Ctx, as_json: bool) -> None:
     click.echo(f"{len(letters)} dead letters", err=True)
 
 
-@click.command("audit")
+@click.command("audit", cls=CleanErrorsCommand)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of the entries.")
 @click.pass_obj
 def _audit(obj: _Ctx, as_json: bool) -> None:
@@ -575,7 +576,7 @@ def _audit(obj: _Ctx, as_json: bool) -> None:
     click.echo(f"{len(entries)} decisions", err=True)
 
 
-@click.command("trim")
+@click.command("trim", cls=CleanErrorsCommand)
 @click.option(
     "--below-snapshot",
     is_flag=True,

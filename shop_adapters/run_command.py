@@ -43,7 +43,6 @@ import redis
 from . import audit
 from .catchup import Checkpoint
 from .cli_common import (
-    LOG_CONTEXT,
     CleanErrorsCommand,
     DomainCli,
     FiniteFloat,
@@ -59,7 +58,7 @@ from .history import HistoryPolicy, RedisSnapshotHistory
 from .idempotency import DEFAULT_WINDOW
 from .journals import RedisOutcomeJournal
 from .keys import StreamKeys
-from .lease import Lease
+from .lease import Lease, default_owner
 from .logs.redis_stream import RedisStreamLog
 from .metrics import RunnerMetrics, serve
 from .redis_errors import redis_errors, refuse_eviction, refuse_own_stream
@@ -285,7 +284,8 @@ def _run(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    setup_logging(log_format, context={"stream": stream})
+    owner = default_owner()
+    setup_logging(log_format, context={"stream": stream, "runner": owner})
     if give_up_after is None and exit_when_idle:
         give_up_after = GIVE_UP_AFTER_IDLE
     keys = StreamKeys.for_stream(stream)
@@ -306,8 +306,9 @@ def _run(
     except (PermanentError, OperationalError) as e:
         fail(e)
     log = RedisStreamLog(client, keys.stream, keys.dead)
-    lease = Lease(client, stream, ttl_ms=int(lease_ttl * 1000), snapshot_key=keys.snapshot)
-    LOG_CONTEXT["runner"] = lease.owner
+    lease = Lease(
+        client, stream, ttl_ms=int(lease_ttl * 1000), owner=owner, snapshot_key=keys.snapshot
+    )
     observer = None
     metrics_server = None
     if metrics_port is not None:
