@@ -162,6 +162,13 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
     )
     @click.option("--reason", default=None, help="Why, for the audit trail (with --accept-*).")
     @click.option(
+        "--snapshot-in-child/--snapshot-in-thread",
+        default=False,
+        show_default=True,
+        help="Write periodic snapshots from a forked child process (like Redis's BGSAVE), "
+        "so serialising never shares the interpreter with the fold; or from a thread.",
+    )
+    @click.option(
         "--history-last",
         type=click.IntRange(min=1),
         default=2,
@@ -257,6 +264,7 @@ def _run(
     history_last: int,
     history_every: int,
     history_limit: int,
+    snapshot_in_child: bool,
 ) -> None:
     stop = threading.Event()
     current: list[Runner[Any, Any]] = []
@@ -337,6 +345,7 @@ def _run(
         progress_interval=progress_interval,
         retry=retry,
         key_window=key_window,
+        snapshot_in_child=snapshot_in_child,
         accept=accept,
         history=None
         if history_limit == 0

@@ -50,6 +50,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -125,6 +126,10 @@ class RunnerConfig:
       ``False`` when the runner shares a process whose GC settings matter);
     - ``final_snapshot``: write a snapshot when the run ends normally
       (``False`` for a read-only run, such as a benchmark's);
+    - ``snapshot_in_child``: write the periodic snapshots from a forked child
+      process (POSIX; the store must be reachable from another process: a
+      Redis or file store, not a memory one), so that taking the immutable
+      state and encoding it never share the interpreter lock with the fold;
     - ``key_window``: honour idempotency keys, remembering each for this many
       records (:mod:`shop_adapters.idempotency`); ``None``: ignore keys;
     - ``accept``: the operator's decision for this start when the log does
@@ -147,6 +152,7 @@ class RunnerConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     tune_gc: bool = True
     final_snapshot: bool = True
+    snapshot_in_child: bool = False
     key_window: int | None = DEFAULT_WINDOW
     accept: Literal["gap", "rollback"] | None = None
     history: HistoryPolicy | None = None
@@ -251,6 +257,7 @@ class _SnapshotWriter(Generic[S]):
         self._cond = threading.Condition()
         self._pending: Snapshot[S] | None = None
         self._closed = False
+        self._child: int | None = None
         self.written = 0
         self.last_position: Position | None = None
         self._thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
@@ -265,13 +272,15 @@ class _SnapshotWriter(Generic[S]):
             self._cond.notify()
 
     def close(self) -> None:
-        """Discard what is pending, wait for the write in flight, end the thread."""
+        """Discard what is pending, wait for the write in flight (a child's too), end
+        the thread."""
         with self._cond:
             self._closed = True
             self._pending = None
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join()
+        self.wait_child()
 
     def _run(self) -> None:
         failures = 0
@@ -293,8 +302,9 @@ class _SnapshotWriter(Generic[S]):
             with self._cond:
                 self._cond.wait_for(lambda: self._closed, timeout=delay)
 
-    def write(self, snapshot: Snapshot[S]) -> bool:
-        """Encode and write ``snapshot`` now; log one line and return ``False`` on failure."""
+    def write(self, snapshot: Snapshot[S], count: bool = True) -> bool:
+        """Encode and write ``snapshot`` now; log one line and return ``False`` on failure.
+        (``count=False``: a forked child's write, counted by the parent.)"""
         at = snapshot.position
         log = self._logger
         fields = {"position": str(at), "records": snapshot.records}
@@ -355,7 +365,8 @@ class _SnapshotWriter(Generic[S]):
             return False
         seconds = self._observe_snapshot(True, started)
         with self._cond:
-            self.written += 1
+            if count:
+                self.written += 1
             self.last_position = at
         if self.history is not None:
             self._keep(HistoryEntry(at, snapshot.records), blob)
@@ -372,6 +383,43 @@ class _SnapshotWriter(Generic[S]):
             **fields,
         )
         return True
+
+    def fork(self, snapshot: Callable[[], Snapshot[S]]) -> bool:
+        """Write ``snapshot()`` from a forked child process (as Redis's ``BGSAVE``
+        does): the child takes the immutable state from its copy of the fold,
+        encodes and writes it through the same guarded store and exits; this
+        process goes on folding at once, paying only the ``fork``. ``False``
+        (nothing done) while the previous child still writes. A thread reaps
+        the child and counts the write. Source: fork(2); redis-py reconnects in
+        a child by itself (its connection pool checks the process id)."""
+        with self._cond:
+            if self._child is not None:
+                return False
+            self._child = 0  # reserved; the fork happens outside the lock
+        pid = os.fork()
+        if pid == 0:  # the child: write, then leave without running any cleanup
+            ok = False
+            try:
+                ok = self.write(snapshot(), count=False)
+            finally:
+                os._exit(0 if ok else 1)
+        with self._cond:
+            self._child = pid
+        threading.Thread(target=self._reap, args=(pid,), name="snapshot-child", daemon=True).start()
+        return True
+
+    def _reap(self, pid: int) -> None:
+        _, status = os.waitpid(pid, 0)
+        with self._cond:
+            self._child = None
+            if os.waitstatus_to_exitcode(status) == 0:
+                self.written += 1
+            self._cond.notify_all()
+
+    def wait_child(self) -> None:
+        """Wait until no child is writing."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._child is None)
 
     def _keep(self, entry: HistoryEntry, blob: bytes) -> None:
         """Add the snapshot just written to the history and prune it (a cache: a
@@ -912,10 +960,15 @@ class Runner(Generic[S, E]):
             cfg.snapshot_interval is not None
             and now - self._snapshot_clock >= cfg.snapshot_interval
         )
-        if due:
+        if not due:
+            return
+        if cfg.snapshot_in_child:
+            if not self._writer.fork(self._snapshot):
+                return  # the previous child still writes: due again at the next batch
+        else:
             self._writer.submit(self._snapshot())
-            self._since_snapshot = 0
-            self._snapshot_clock = now
+        self._since_snapshot = 0
+        self._snapshot_clock = now
 
     def _final_snapshot(self) -> None:
         if self._since_snapshot == 0 and self._writer.last_position == self.position:
