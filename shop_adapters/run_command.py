@@ -300,17 +300,24 @@ def _run(
     url = resolve_url(redis_url, data_dir)
     event(_log, INFO, "connect", "stream %s at %s", stream, mask_url(url), url=mask_url(url))
     client = make_client(url, BLOCK_MS)
+    retry = RetryPolicy(give_up_after=give_up_after)
+    if allow_eviction:
+        event(
+            _log,
+            WARNING,
+            "allow_eviction",
+            "--allow-eviction: keys this runner relies on may be evicted",
+        )
     try:
-        refuse_own_stream(client, stream)
-        if allow_eviction:
-            event(
-                _log,
-                WARNING,
-                "allow_eviction",
-                "--allow-eviction: keys this runner relies on may be evicted",
-            )
-        else:
-            refuse_eviction(client)
+        # Redis may not be up yet: retried under --give-up-after like every later call.
+        for attempt in retry.attempts("checking the Redis server", stop=stop, logger=_log):
+            with attempt:
+                refuse_own_stream(client, stream)
+                if not allow_eviction:
+                    refuse_eviction(client)
+    except Stopped:
+        event(_log, INFO, "stopped", "stopped before Redis could be reached")
+        return
     except (PermanentError, OperationalError) as e:
         fail(e)
     log = RedisStreamLog(client, keys.stream, keys.dead)
@@ -333,7 +340,6 @@ def _run(
             port=metrics_server.port,
         )
     store = RedisSnapshotStore.for_lease(client, keys.snapshot, lease, keys.stream)
-    retry = RetryPolicy(give_up_after=give_up_after)
     journal = RedisOutcomeJournal(client, keys.outcomes, max_block_ms=BLOCK_MS)
     config = RunnerConfig(
         snapshot_every=snapshot_every,

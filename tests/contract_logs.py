@@ -135,6 +135,39 @@ class LogContract:
         assert log.first_position() == positions[0]
         assert log.last_position() == more[-1]
 
+    # -- read_at and history -------------------------------------------------------------
+
+    def test_read_at_finds_exactly_one_record(self, log: EventLog) -> None:
+        positions = log.append(entries(3))
+        for i, p in enumerate(positions):
+            record = log.read_at(p)
+            assert record is not None and record.position == p
+            assert dict(record.fields) == dict(log.read_after(ORIGIN, 10)[i].fields)
+        assert log.read_at(ORIGIN) is None
+        assert log.read_at(Position(positions[-1].major + 1, 0)) is None
+        between = Position(positions[0].major, positions[0].minor + 1)
+        if between not in positions:
+            assert log.read_at(between) is None
+
+    def test_history_of_an_empty_then_a_growing_log(self, log: EventLog) -> None:
+        empty = log.history()
+        assert (empty.first, empty.last, empty.length, empty.max_deleted) == (
+            ORIGIN,
+            ORIGIN,
+            0,
+            None,
+        )
+        assert empty.added in (None, 0)
+        positions = log.append(entries(3)) + log.append(entries(2))
+        h = log.history()
+        assert (h.first, h.last, h.length, h.max_deleted) == (
+            positions[0],
+            positions[-1],
+            5,
+            None,
+        )
+        assert h.added in (None, 5)  # None: a log that cannot count (Redis < 7)
+
     # -- wait_after ---------------------------------------------------------------------
 
     def test_wait_after_returns_at_once_when_records_exist(self, log: EventLog) -> None:

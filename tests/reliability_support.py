@@ -28,12 +28,17 @@ from typing import Any
 import redis
 from returns.result import Success
 
-from shop_adapters.codec import Decoder, Snapshot, decode_snapshot
+from shop_adapters.envelope import Snapshot, decode_snapshot
+from shop_adapters.keys import StreamKeys
 from shop_adapters.logs.redis_stream import RedisStreamLog
 from shop_adapters.protocols import ORIGIN, DeadLetter, Position
+from shop_adapters.shop_domain import ShopDomain
 from shop_core import EMPTY, Event, fold_with_outcomes, state_digest
 
 REPO = Path(__file__).resolve().parent.parent
+
+SHOP = ShopDomain()
+"""The shop without a price list: what the runner CLI folds with by default."""
 
 Entry = Mapping[str | bytes, str | bytes | int]
 
@@ -223,7 +228,7 @@ def stream_oracle(client: redis.Redis, stream: str) -> Oracle:
     while batch := log.read_after(position, 5_000):
         records.extend(batch)
         position = batch[-1].position
-    pairs, dead = Decoder().decode_records(records)
+    pairs, dead = SHOP.decode_records(records)
     state, outcomes = fold_with_outcomes(e for _, e in pairs)
     return Oracle(state_digest(state), outcomes.events, [d.position for d in dead], position)
 
@@ -241,17 +246,12 @@ def stored_snapshot(client: redis.Redis, stream: str) -> Snapshot | None:
     blob = client.hget(f"{stream}:snapshot", b"blob")
     if blob is None:
         return None
-    result = decode_snapshot(blob)  # type: ignore[arg-type]
+    result = decode_snapshot(blob, SHOP)  # type: ignore[arg-type]
     assert isinstance(result, Success), f"stored snapshot does not decode: {result}"
     snap: Snapshot = result.unwrap()
     return snap
 
 
 def stream_keys(stream: str) -> list[str]:
-    return [
-        stream,
-        f"{stream}:dead",
-        f"{stream}:snapshot",
-        f"{stream}:lease",
-        f"{stream}:lease:token",
-    ]
+    """The stream and every companion key of it (to delete them all)."""
+    return list(StreamKeys.for_stream(stream))

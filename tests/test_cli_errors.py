@@ -11,19 +11,20 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
+from reliability_support import RunnerProcess, run_module, runner_argv
 
-from shop_adapters import inspect as inspect_cli
-from shop_adapters import producer, redis_runner
-from shop_adapters.codec import Decoder, encode_event
+from shop_adapters import inspector, producer, redis_runner
 from shop_adapters.embedded_redis import RedisServer
 from shop_adapters.errors import OperationalError, PermanentError
 from shop_adapters.lease import Lease
 from shop_adapters.logs.memory import MemoryLog
 from shop_adapters.redis_errors import classify
-from shop_adapters.runner import Runner
+from shop_adapters.retry import RetryPolicy
+from shop_adapters.runner import Runner, RunnerConfig
+from shop_adapters.shop_domain import ShopDomain
+from shop_adapters.shop_domain.wire import encode_event
 from shop_adapters.snapshots.memory import MemorySnapshotStore
 from shop_core import TopUp
-from tests.reliability_support import RunnerProcess, run_module, runner_argv
 
 PASSWORD = "right-horse-battery"
 REFUSED = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused
@@ -61,10 +62,11 @@ def test_permanent_and_transient_redis_errors(
     assert type(classify(error, "XRANGE", "orders")) is kind
 
 
-def test_a_wrongtype_on_one_of_our_own_keys_says_which_stream_was_meant() -> None:
+def test_a_wrongtype_on_one_of_our_own_keys_says_whose_key_it_is() -> None:
     error = classify(redis.exceptions.ResponseError("WRONGTYPE Operation"), "XRANGE", "x:snapshot")
     assert "'x:snapshot' holds a value of the wrong type" in str(error)
-    assert "did you mean --stream 'x'" in str(error)
+    assert "'x:snapshot' is the snapshot key of the stream 'x'" in str(error)
+    assert "inspect it (TYPE x:snapshot)" in str(error)
 
 
 # --- the runner: give up after a bounded wait ----------------------------------------------
@@ -82,11 +84,8 @@ def test_the_runner_gives_up_after_give_up_after_seconds_of_failures() -> None:
     runner = Runner(
         DeadLog(),
         MemorySnapshotStore(),
-        Decoder(),
-        progress=False,
-        give_up_after=0.0,
-        backoff_base=0.001,
-        backoff_cap=0.001,
+        ShopDomain(),
+        RunnerConfig(progress=False, retry=RetryPolicy(base=0.001, cap=0.001, give_up_after=0.0)),
     )
     with pytest.raises(OperationalError, match="gave up after 1 attempt"):
         runner.run(exit_when_idle=True)
@@ -94,7 +93,9 @@ def test_the_runner_gives_up_after_give_up_after_seconds_of_failures() -> None:
 
 def test_the_runner_refuses_a_bad_give_up_after() -> None:
     with pytest.raises(ValueError, match="give_up_after"):
-        Runner(MemoryLog(), MemorySnapshotStore(), Decoder(), give_up_after=float("nan"))
+        RetryPolicy(give_up_after=float("nan"))
+    with pytest.raises(ValueError, match="give_up_after"):
+        RetryPolicy(give_up_after=-1.0)
 
 
 def test_a_permanent_error_is_not_retried() -> None:
@@ -108,7 +109,9 @@ def test_a_permanent_error_is_not_retried() -> None:
     log = Refusing()
     log.append([encode_event(TopUp(1, 1))])  # type: ignore[list-item]
     with pytest.raises(PermanentError):
-        Runner(log, MemorySnapshotStore(), Decoder(), progress=False).run(exit_when_idle=True)
+        Runner(log, MemorySnapshotStore(), ShopDomain(), RunnerConfig(progress=False)).run(
+            exit_when_idle=True
+        )
     assert Refusing.calls == 1
 
 
@@ -116,7 +119,7 @@ def test_the_lease_gives_up_when_redis_stays_unreachable() -> None:
     client = redis.Redis.from_url(REFUSED, socket_connect_timeout=1)
     lease = Lease(client, "orders", ttl_ms=1_000, poll_s=0.01)
     with pytest.raises(OperationalError, match="gave up after"):
-        lease.acquire(give_up_after=0.0)
+        lease.acquire(retry=RetryPolicy(base=0.001, cap=0.001, give_up_after=0.0))
 
 
 # --- usage errors (no Redis reached) --------------------------------------------------------
@@ -141,7 +144,7 @@ def test_bad_runner_options_are_usage_errors(args: list[str]) -> None:
 
 
 def test_an_empty_stream_is_a_usage_error_in_every_cli() -> None:
-    for cli, rest in ((inspect_cli.cli, ["state"]), (producer.cli, ["topup", "1", "1"])):
+    for cli, rest in ((inspector.cli, ["state"]), (producer.cli, ["topup", "1", "1"])):
         result = CliRunner().invoke(cli, ["--redis-url", REFUSED, "--stream", "", *rest])
         assert result.exit_code == 2, result.output
         assert "the stream name must not be empty" in result.output
@@ -187,9 +190,9 @@ def test_a_wrong_password_or_db_is_fatal_for_inspect_and_the_producer(
 ) -> None:
     for target in (url(secured, "wrong"), url(secured, db=99)):
         for args in (
-            ["shop_adapters.inspect", "--redis-url", target, "state"],
-            ["shop_adapters.inspect", "--redis-url", target, "verify"],
-            ["shop_adapters.inspect", "--redis-url", target, "dead-letters"],
+            ["shop_adapters.inspector", "--redis-url", target, "state"],
+            ["shop_adapters.inspector", "--redis-url", target, "verify"],
+            ["shop_adapters.inspector", "--redis-url", target, "dead-letters"],
             ["shop_adapters.producer", "--redis-url", target, "topup", "1", "5"],
         ):
             result = run(*args)
@@ -204,8 +207,23 @@ def test_the_runner_gives_up_on_an_unreachable_redis_when_exit_when_idle() -> No
 
 
 @pytest.mark.redis
-@pytest.mark.parametrize("suffix", [":snapshot", ":lease", ":lease:token", ":dead"])
-def test_a_stream_naming_one_of_our_own_keys_is_a_clean_error(
+def test_the_runner_keeps_retrying_an_unreachable_redis_until_stopped() -> None:
+    """Without --exit-when-idle a runner started before Redis retries for ever (Redis
+    may still be booting), and a SIGTERM meanwhile ends it cleanly."""
+    with RunnerProcess(runner_argv(REFUSED, "s")) as proc:
+        assert proc.wait_for("retry 2 in", timeout=30), proc.stderr[-3000:]
+        assert proc.alive(), proc.stderr[-3000:]
+        proc.terminate()
+        code, _out, err = proc.finish(30)
+    assert code == 0, err[-3000:]
+    assert "checking the Redis server failed" in err and "Connection refused" in err
+    assert "stopped before Redis could be reached" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("suffix", [":snapshot", ":lease", ":lease:token", ":dead", ":outcomes"])
+def test_a_stream_naming_one_of_our_own_keys_is_a_usage_error(
     redis_server: RedisServer, redis_client: redis.Redis, suffix: str
 ) -> None:
     redis_client.xadd("orders", encode_event(TopUp(1, 5)))  # type: ignore[arg-type]
@@ -213,20 +231,32 @@ def test_a_stream_naming_one_of_our_own_keys_is_a_clean_error(
     redis_client.hset("orders:snapshot", b"blob", b"x")
     redis_client.set("orders:lease", b"someone-else", px=60_000)
     redis_client.set("orders:lease:token", b"7")
+    before = {k: redis_client.dump(k) for k in redis_client.keys("*")}
     stream = "orders" + suffix
-    target = redis_server.url
-    hint = "dead-letter stream" if suffix == ":dead" else "WRONGTYPE"
-    runner = run(*runner_argv(target, stream, "--exit-when-idle", "--lease-ttl", "0.5")[2:])
-    assert_one_clean_line(runner, hint)
-    assert "did you mean --stream 'orders'" in runner.stderr
-    appended = run(
-        "shop_adapters.producer", "--redis-url", target, "--stream", stream, "topup", "1", "5"
+    expected = (
+        f"'{stream}' is the name of a companion key of the stream 'orders' "
+        f"(its {suffix[1:]}), not a log: did you mean --stream 'orders'?"
     )
-    assert_one_clean_line(appended, hint)
-    if suffix != ":dead":
-        shown = run("shop_adapters.inspect", "--redis-url", target, "--stream", stream, "state")
-        assert_one_clean_line(shown, "WRONGTYPE")
-    assert redis_client.xlen("orders") == 1 and redis_client.xlen("orders:dead") == 1
+    for target in (redis_server.url, REFUSED):  # refused before connecting to anything
+        for args in (
+            runner_argv(target, stream, "--exit-when-idle", "--lease-ttl", "0.5")[2:],
+            [
+                "shop_adapters.producer",
+                "--redis-url",
+                target,
+                "--stream",
+                stream,
+                "topup",
+                "1",
+                "5",
+            ],
+            ["shop_adapters.inspector", "--redis-url", target, "--stream", stream, "state"],
+        ):
+            result = run(*args)
+            assert result.returncode == 2, (args, result.stderr[-3000:])
+            assert "Traceback" not in result.stderr
+            assert expected in " ".join(result.stderr.split()), result.stderr[-3000:]
+    assert {k: redis_client.dump(k) for k in redis_client.keys("*")} == before
 
 
 @pytest.mark.redis

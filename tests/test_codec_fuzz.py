@@ -10,19 +10,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from returns.result import Failure, Result, Success
 
-from shop_adapters.codec import (
+from shop_adapters.envelope import Snapshot, decode_snapshot, encode_snapshot
+from shop_adapters.protocols import DeadLetter, Position, Record
+from shop_adapters.shop_domain import ShopDomain
+from shop_adapters.shop_domain.wire import (
     Decoder,
     Limits,
-    Snapshot,
     decode_entry,
-    decode_snapshot,
     encode_event,
     encode_event_v0,
-    encode_snapshot,
 )
-from shop_adapters.protocols import DeadLetter, Position, Record
-from shop_core import AddItem, Event, Order, TopUp, fold_with_outcomes
+from shop_core import EMPTY, AddItem, Event, Order, TopUp, fold
 from shop_core.strategies import events, histories
+
+SHOP = ShopDomain()
+ANCHOR = "0123456789abcdef0123456789abcdef01234567"
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -242,12 +244,13 @@ def test_decode_records_agrees_with_decode(
 def test_flipping_any_byte_of_a_snapshot_is_detected(
     history: list[Event], data: st.DataObject
 ) -> None:
-    state, outcomes = fold_with_outcomes(history)
-    snapshot = Snapshot(state, Position(9, 3), len(history), outcomes, 0)
-    blob = bytearray(encode_snapshot(snapshot))
+    tally = SHOP.folder(EMPTY).fold(history)
+    snapshot = Snapshot(fold(history), Position(9, 3), len(history), 0, tally, ANCHOR)
+    blob = bytearray(encode_snapshot(snapshot, SHOP))
+    assert decode_snapshot(bytes(blob), SHOP, None) == Success(snapshot)  # not vacuous
     index = data.draw(st.integers(0, len(blob) - 1))
     blob[index] ^= data.draw(st.integers(1, 255))
-    result = decode_snapshot(bytes(blob))
+    result = decode_snapshot(bytes(blob), SHOP, None)
     assert isinstance(result, Failure) or result == Success(snapshot)
 
 
@@ -256,17 +259,20 @@ def test_flipping_any_byte_of_a_snapshot_is_detected(
 def test_truncated_or_extended_snapshot_is_rejected(
     history: list[Event], data: st.DataObject
 ) -> None:
-    state, outcomes = fold_with_outcomes(history)
-    blob = encode_snapshot(Snapshot(state, Position(1, 0), len(history), outcomes))
+    tally = SHOP.folder(EMPTY).fold(history)
+    snapshot = Snapshot(fold(history), Position(1, 0), len(history), 0, tally, ANCHOR)
+    blob = encode_snapshot(snapshot, SHOP)
+    assert decode_snapshot(blob, SHOP, None) == Success(snapshot)
     cut = data.draw(st.integers(0, len(blob) - 1))
-    assert isinstance(decode_snapshot(blob[:cut]), Failure)
-    assert isinstance(decode_snapshot(blob + data.draw(st.binary(min_size=1, max_size=4))), Failure)
+    assert isinstance(decode_snapshot(blob[:cut], SHOP, None), Failure)
+    extended = blob + data.draw(st.binary(min_size=1, max_size=4))
+    assert isinstance(decode_snapshot(extended, SHOP, None), Failure)
 
 
 @FUZZ
 @given(st.binary(max_size=200))
 def test_decode_snapshot_of_random_bytes_never_raises(blob: bytes) -> None:
     for candidate in (blob, b"SHOPSNAP\n" + blob):
-        result = decode_snapshot(candidate)
+        result = decode_snapshot(candidate, SHOP, None)
         assert isinstance(result, Failure)
         assert result.failure()

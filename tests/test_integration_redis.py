@@ -23,19 +23,21 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from shop_adapters import inspect as inspect_cli
-from shop_adapters import producer
-from shop_adapters.codec import Decoder, Snapshot, decode_snapshot, encode_event, encode_snapshot
+from shop_adapters import inspector, producer
+from shop_adapters.catchup import record_anchor, replay
 from shop_adapters.embedded_redis import RedisServer
+from shop_adapters.envelope import Snapshot, decode_snapshot, encode_snapshot
 from shop_adapters.errors import FencedError
 from shop_adapters.lease import Lease
 from shop_adapters.logs.redis_stream import RedisStreamLog
 from shop_adapters.protocols import ORIGIN
-from shop_adapters.redis_runner import stream_records_total
-from shop_adapters.retail_csv import map_rows, read_csv
-from shop_adapters.runner import Runner, replay
+from shop_adapters.retry import RetryPolicy
+from shop_adapters.runner import Runner, RunnerConfig
+from shop_adapters.shop_domain import ShopDomain
+from shop_adapters.shop_domain.retail_csv import map_rows, read_csv
+from shop_adapters.shop_domain.wire import encode_event
+from shop_adapters.shop_domain.workload import synthetic_events
 from shop_adapters.snapshots.redis import RedisSnapshotStore
-from shop_adapters.workload import synthetic_events
 from shop_core import AddItem, TopUp, fold, state_digest
 
 pytestmark = pytest.mark.redis
@@ -60,16 +62,16 @@ def client_for(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=10)
 
 
+SHOP = ShopDomain()
+
+
 def make_runner(client: redis.Redis, stream: str, **kw: Any) -> Runner:
     kw.setdefault("progress", False)
     return Runner(
         RedisStreamLog(client, stream),
         RedisSnapshotStore(client, f"{stream}:snapshot"),
-        Decoder(),
-        records_total=lambda: stream_records_total(client, stream),
-        backoff_base=0.05,
-        backoff_cap=0.5,
-        **kw,
+        SHOP,
+        RunnerConfig(retry=RetryPolicy(base=0.05, cap=0.5), **kw),
     )
 
 
@@ -161,16 +163,18 @@ def test_online_retail_import_then_runner_equals_the_in_memory_fold(
 
     summary = make_runner(redis_client, "orders").run(exit_when_idle=True)
     records = RedisStreamLog(redis_client, "orders").read_after(ORIGIN, 100_000)
-    pairs, dead = Decoder().decode_records(records)
+    pairs, dead = SHOP.decode_records(records)
     assert dead == []
     assert summary.digest == state_digest(fold(e for _, e in pairs))
     assert summary.digest == state_digest(fold(map_rows(read_csv(path)).events))
-    assert (summary.events_applied, summary.orders_accepted, summary.lag) == (11_941, 567, 0)
+    assert (summary.records, summary.dead_letters, summary.lag) == (11_941, 0, 0)
+    assert summary.accepted == {"AddItem": 10_807, "Order": 567, "TopUp": 567}
+    assert summary.rejected == {}
 
     again = make_runner(redis_client, "orders").run(exit_when_idle=True)
-    assert again.events_applied == 0 and again.digest == summary.digest
+    assert again.records == 0 and again.digest == summary.digest
 
-    verify = CliRunner().invoke(inspect_cli.cli, ["--redis-url", redis_server.url, "verify"])
+    verify = CliRunner().invoke(inspector.cli, ["--redis-url", redis_server.url, "verify"])
     assert verify.exit_code == 0 and verify.output.startswith("ok: snapshot at")
 
 
@@ -194,20 +198,21 @@ def test_kill_9_during_catch_up_then_restart_equals_from_scratch(
     store = RedisSnapshotStore(redis_client, "big:snapshot")
     blob = store.read()
     assert blob is not None  # snapshots were written during catch-up
-    killed_at = decode_snapshot(blob).unwrap()
+    killed_at = decode_snapshot(blob, SHOP).unwrap()
     assert ORIGIN < killed_at.position < RedisStreamLog(redis_client, "big").last_position()
 
     restarted = run_cli(*args, "--exit-when-idle")  # waits out the dead runner's lease
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     resumed = summary_of(restarted.stdout)
     assert resumed["restored_from"] is not None
-    assert 0 < resumed["events_applied"] < n
-    assert resumed["total_events"] == n and resumed["digest"] == expected
+    assert 0 < resumed["records"] < n and resumed["dead_letters"] == 0
+    assert resumed["total_records"] == n and resumed["total_dead_letters"] == 0
+    assert resumed["digest"] == expected
 
     scratch = run_cli(*args, "--exit-when-idle", "--from-scratch")
     assert scratch.returncode == 0, scratch.stderr[-2000:]
     assert summary_of(scratch.stdout)["digest"] == expected
-    assert summary_of(scratch.stdout)["events_applied"] == n
+    assert summary_of(scratch.stdout)["records"] == n
 
 
 class _GatedLog(RedisStreamLog):
@@ -236,13 +241,14 @@ def test_redis_restart_mid_run_loses_and_repeats_nothing(
         r = Runner(
             _GatedLog(client, "orders", gate),
             RedisSnapshotStore(client, "orders:snapshot"),
-            Decoder(),
-            batch_size=2_000,
-            snapshot_every=10_000,
-            block_ms=100,
-            progress=False,
-            backoff_base=0.05,
-            backoff_cap=0.5,
+            SHOP,
+            RunnerConfig(
+                batch_size=2_000,
+                snapshot_every=10_000,
+                block_ms=100,
+                progress=False,
+                retry=RetryPolicy(base=0.05, cap=0.5),
+            ),
         )
         out: list[Any] = []
         t = threading.Thread(target=lambda: out.append(r.run(exit_when_idle=True)))
@@ -256,11 +262,12 @@ def test_redis_restart_mid_run_loses_and_repeats_nothing(
         t.join(60)
         assert not t.is_alive()
         summary = out[0]
-        assert summary.events_applied == n  # nothing lost, nothing applied twice
+        assert summary.records == n  # nothing lost, nothing applied twice
+        assert summary.total_records == n and summary.dead_letters == 0
         assert summary.digest == state_digest(fold(synthetic_events(n, 500, 50, seed=3)))
         last = RedisStreamLog(client, "orders").last_position()
         assert summary.last_position == last
-        snap = decode_snapshot(RedisSnapshotStore(client, "orders:snapshot").read() or b"")
+        snap = decode_snapshot(RedisSnapshotStore(client, "orders:snapshot").read() or b"", SHOP)
         assert snap.unwrap().position == last
         client.close()
 
@@ -288,7 +295,7 @@ def test_sigterm_writes_a_final_snapshot_and_exits_0(
     assert summary_of(out)["stop_reason"] == "stopped"
     blob = RedisSnapshotStore(redis_client, "orders:snapshot").read()
     assert blob is not None
-    assert decode_snapshot(blob).unwrap().position == log.last_position()
+    assert decode_snapshot(blob, SHOP).unwrap().position == log.last_position()
     assert redis_client.get("orders:lease") is None  # released
 
 
@@ -308,7 +315,7 @@ def test_a_second_runner_waits_for_the_lease_then_takes_over(
     second.wait_for("caught up")
     second.p.send_signal(signal.SIGTERM)
     code, out = second.finish()
-    assert code == 0 and summary_of(out)["events_applied"] == 0  # resumed from the snapshot
+    assert code == 0 and summary_of(out)["records"] == 0  # resumed from the snapshot
 
 
 def test_a_runner_that_lost_its_lease_is_fenced(redis_client: redis.Redis) -> None:
@@ -365,7 +372,7 @@ def test_producer_single_events_and_bad_input(
         result = cli.invoke(producer.cli, [*url, *bad])
         assert result.exit_code == 2, (bad, result.output)
     assert redis_client.xlen("orders") == 3
-    state = cli.invoke(inspect_cli.cli, [*url, "state", "--json"])
+    state = cli.invoke(inspector.cli, [*url, "state", "--json"])
     assert state.exit_code == 0, state.output
     shown = json.loads(state.output)
     assert shown["users"] == {"7": 200} and shown["items"] == {"cpu": {"price": 100, "stock": 0}}
@@ -384,29 +391,31 @@ def test_inspect_state_at_verify_and_dead_letters(
         ]
     )
     cli = CliRunner()
-    assert cli.invoke(inspect_cli.cli, [*url, "verify"]).exit_code == 1  # no snapshot yet
+    assert cli.invoke(inspector.cli, [*url, "verify"]).exit_code == 1  # no snapshot yet
     summary = make_runner(redis_client, "orders").run(exit_when_idle=True)
     assert summary.dead_letters == 1
-    ok = cli.invoke(inspect_cli.cli, [*url, "verify"])
+    ok = cli.invoke(inspector.cli, [*url, "verify"])
     assert ok.exit_code == 0, ok.output
-    at = json.loads(cli.invoke(inspect_cli.cli, [*url, "state", "--json", "--at", str(p1)]).output)
+    at = json.loads(cli.invoke(inspector.cli, [*url, "state", "--json", "--at", str(p1)]).output)
     assert at == {
         "position": str(p1),
         "digest": state_digest(fold([TopUp(1, 10)])),
         "users": {"1": 10},
         "items": {},
     }
-    letters = cli.invoke(inspect_cli.cli, [*url, "dead-letters"])
+    letters = cli.invoke(inspector.cli, [*url, "dead-letters"])
     assert letters.exit_code == 0
     assert f"{p1.major}-{p1.minor + 1}" in letters.output or "{not json" in letters.output
     assert "{not json" in letters.output
     # A snapshot that disagrees with the log is caught by verify.
     store = RedisSnapshotStore(redis_client, "orders:snapshot")
-    store.write(encode_snapshot(Snapshot(fold([TopUp(1, 11), AddItem("x", 2, 5)]), p3, 3)))
-    bad = cli.invoke(inspect_cli.cli, [*url, "verify"])
+    anchor = record_anchor(log.read_at(p3).fields)  # type: ignore[union-attr]
+    wrong = fold([TopUp(1, 11), AddItem("x", 2, 5)])
+    store.write(encode_snapshot(Snapshot(wrong, p3, 3, 1, anchor=anchor), SHOP))
+    bad = cli.invoke(inspector.cli, [*url, "verify"])
     assert bad.exit_code == 1 and "user 1" in bad.output
-    state, pos, _, _ = replay(log, Decoder())
-    assert pos == p3 and state == fold([TopUp(1, 10), AddItem("x", 2, 5)])
+    replayed = replay(log, SHOP)
+    assert replayed.position == p3 and replayed.state == fold([TopUp(1, 10), AddItem("x", 2, 5)])
     assert redis_client.xlen("orders:dead") == 1  # inspect wrote nothing more
 
 

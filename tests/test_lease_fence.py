@@ -9,17 +9,21 @@ import json
 import pytest
 import redis
 from click.testing import CliRunner
+from reliability_support import SHOP, RunnerProcess, runner_argv
 
-from shop_adapters import redis_runner
-from shop_adapters.codec import Decoder, decode_snapshot, encode_event
+from shop_adapters import run_command
 from shop_adapters.embedded_redis import RedisServer
+from shop_adapters.envelope import decode_snapshot
 from shop_adapters.errors import FencedError, IntegrityError
 from shop_adapters.lease import Lease
 from shop_adapters.logs.memory import MemoryLog
-from shop_adapters.runner import Runner
+from shop_adapters.protocols import Position
+from shop_adapters.redis_runner import main as runner_main
+from shop_adapters.retry import RetryPolicy
+from shop_adapters.runner import Runner, RunnerConfig
+from shop_adapters.shop_domain.wire import encode_event
 from shop_adapters.snapshots.redis import RedisSnapshotStore
 from shop_core import TopUp
-from tests.reliability_support import RunnerProcess, runner_argv
 
 pytestmark = pytest.mark.redis
 
@@ -58,7 +62,7 @@ def test_a_garbage_fence_is_an_integrity_error_and_takes_nothing(
     redis_client.hset("s:snapshot", mapping={b"blob": b"old", b"fence": b"fourteen"})
     lease = Lease(redis_client, "s", ttl_ms=1_000, poll_s=0.01)
     with pytest.raises(IntegrityError, match=r"'s:snapshot'.*fence"):
-        lease.acquire(give_up_after=1.0)
+        lease.acquire(retry=RetryPolicy(give_up_after=1.0))
     assert redis_client.get("s:lease") is None
     assert redis_client.get("s:lease:token") is None
 
@@ -78,7 +82,7 @@ def test_the_runner_snapshots_after_the_token_counter_was_deleted(
     assert summary["snapshots_written"] == 1 and summary["stop_reason"] == "idle"
     assert "fencing token 4" in err
     blob = RedisSnapshotStore(redis_client, "orders:snapshot").read()
-    assert str(decode_snapshot(blob or b"").unwrap().position) == summary["last_position"]
+    assert str(decode_snapshot(blob or b"", SHOP).unwrap().position) == summary["last_position"]
 
 
 def test_the_runner_exits_1_on_a_garbage_fence(
@@ -100,13 +104,13 @@ def test_a_fenced_final_snapshot_is_reported_by_the_runner() -> None:
         def read(self) -> bytes | None:
             return None
 
-        def write(self, blob: bytes) -> None:
+        def write(self, blob: bytes, at: tuple[Position, str] | None = None) -> None:
             raise FencedError("fencing token 1 is older than 14")
 
         def close(self) -> None:
             pass
 
-    runner = Runner(log, Refusing(), Decoder(), progress=False)
+    runner = Runner(log, Refusing(), SHOP, RunnerConfig(progress=False))
     summary = runner.run(exit_when_idle=True)
     assert summary.snapshots_written == 0
     assert summary.stop_reason.startswith("abandoned: fenced")
@@ -122,13 +126,13 @@ def test_exit_when_idle_exits_1_when_the_final_snapshot_is_fenced(
     class Overtaken(RedisSnapshotStore):
         """Another runner writes a newer fence just before our write."""
 
-        def write(self, blob: bytes) -> None:
+        def write(self, blob: bytes, at: tuple[Position, str] | None = None) -> None:
             self.client.hset(self.key, b"fence", b"999")
-            super().write(blob)
+            super().write(blob, at)
 
-    monkeypatch.setattr(redis_runner, "RedisSnapshotStore", Overtaken)
+    monkeypatch.setattr(run_command, "RedisSnapshotStore", Overtaken)
     result = CliRunner().invoke(
-        redis_runner.main,
+        runner_main,
         [
             "--redis-url",
             redis_server.url,
@@ -139,4 +143,8 @@ def test_exit_when_idle_exits_1_when_the_final_snapshot_is_fenced(
         ],
     )
     assert result.exit_code == 1, result.output
-    assert json.loads(result.stdout.strip().splitlines()[-1])["snapshots_written"] == 0
+    lines = result.stdout.strip().splitlines()
+    assert lines, f"no summary printed; output:\n{result.output[-3000:]}"
+    summary = json.loads(lines[-1])
+    assert summary["snapshots_written"] == 0 and summary["stop_reason"].startswith("abandoned")
+    assert "could not save the state" in result.stderr

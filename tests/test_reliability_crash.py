@@ -43,10 +43,10 @@ from reliability_support import (
     stream_oracle,
 )
 
-from shop_adapters.codec import encode_event
 from shop_adapters.embedded_redis import RedisServer
 from shop_adapters.protocols import Position
-from shop_adapters.workload import synthetic_events
+from shop_adapters.shop_domain.wire import encode_event
+from shop_adapters.shop_domain.workload import synthetic_events
 from shop_core import Event
 
 pytestmark = pytest.mark.redis
@@ -211,12 +211,15 @@ def test_runner_killed_anywhere_loses_nothing_and_applies_nothing_twice(
             f"{context}: digest after crashes differs from a from-scratch fold; "
             f"summary={ {k: v for k, v in summary.items() if k != '_stderr'} }"
         )
-        assert summary["total_events"] == len(valid), f"{context}: events counted {summary}"
+        events_counted = summary["total_records"] - summary["total_dead_letters"]
+        assert events_counted == len(valid), f"{context}: events counted {summary}"
+        assert summary["total_records"] == len(entries), f"{context}: records counted {summary}"
         assert summary["total_dead_letters"] == len(bad), f"{context}: dead letters counted"
         assert summary["last_position"] == str(oracle.last), context
         snap = stored_snapshot(client, stream)
         assert snap is not None and snap.position == oracle.last, context
-        assert snap.events_folded == len(entries), context
+        assert snap.records == len(entries), context
+        assert snap.dead_letters == len(bad), context
         letters = dead_letters(client, stream)
         positions = [d.position for d in letters]
         assert len(positions) == len(set(positions)), f"{context}: duplicate dead letters"

@@ -26,12 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_support import fold_digest, run_to_idle, stream_keys
 
-from shop_adapters.codec import Decoder, Limits, encode_event
 from shop_adapters.embedded_redis import RedisServer
 from shop_adapters.logs.memory import MemoryLog
 from shop_adapters.logs.redis_stream import RedisStreamLog
 from shop_adapters.protocols import EventLog, Position, SnapshotStore
-from shop_adapters.runner import Runner, index_records_total
+from shop_adapters.runner import Runner, RunnerConfig
+from shop_adapters.shop_domain import ShopDomain
+from shop_adapters.shop_domain.wire import Limits, encode_event
 from shop_adapters.snapshots.memory import MemorySnapshotStore
 from shop_adapters.snapshots.redis import RedisSnapshotStore
 from shop_core import MAX_INT, MAX_ORDER_LINES, Event, Order
@@ -206,11 +207,11 @@ def check_run(
     positions = log.append(list(f for _, f in mixed))  # type: ignore[arg-type]
     good = [e for e, _ in mixed if e is not None]
     bad = [p for p, (e, _) in zip(positions, mixed, strict=True) if e is None]
-    summary = Runner(
-        log, store, Decoder(), progress=False, progress_interval=None, block_ms=10, **kw
-    ).run(exit_when_idle=True)
+    config = RunnerConfig(progress=False, progress_interval=None, block_ms=10, **kw)
+    summary = Runner(log, store, ShopDomain(), config).run(exit_when_idle=True)
     assert summary.digest == fold_digest(good)
-    assert summary.total_events == len(good)
+    assert summary.total_records - summary.total_dead_letters == len(good)
+    assert summary.total_records == len(mixed)
     assert summary.total_dead_letters == len(bad)
     letters = log.dead_letters()
     assert [d.position for d in letters] == bad
@@ -219,7 +220,10 @@ def check_run(
         assert dict(d.fields) == f, f"dead letter at {d.position} does not keep the raw entry"
     # Replaying from scratch (a crash before any snapshot) dead-letters nothing twice.
     again = Runner(
-        log, store, Decoder(), progress=False, progress_interval=None, from_scratch=True, **kw
+        log,
+        store,
+        ShopDomain(),
+        RunnerConfig(progress=False, progress_interval=None, from_scratch=True, **kw),
     ).run(exit_when_idle=True)
     assert again.digest == summary.digest
     assert [d.position for d in log.dead_letters()] == bad
@@ -238,15 +242,7 @@ FUZZ = settings(
 def test_hostile_entries_through_the_runner_over_a_memory_log(
     mixed: list[tuple[Event | None, Fields]], every: int, batch: int
 ) -> None:
-    log = MemoryLog()
-    check_run(
-        log,
-        MemorySnapshotStore(),
-        mixed,
-        snapshot_every=every,
-        batch_size=batch,
-        records_total=index_records_total(log),
-    )
+    check_run(MemoryLog(), MemorySnapshotStore(), mixed, snapshot_every=every, batch_size=batch)
 
 
 @pytest.fixture(scope="module")
@@ -353,10 +349,11 @@ def test_each_memory_limit_gives_a_dead_letter_with_a_clear_reason(limits: Limit
     ]
     bad = over_limit_entries(limits)
     log.append([*at_limit, *(f for f, _ in bad)])  # type: ignore[list-item]
-    summary = Runner(log, MemorySnapshotStore(), Decoder(limits=limits), progress=False).run(
-        exit_when_idle=True
-    )
-    assert summary.events_applied == len(at_limit)
+    summary = Runner(
+        log, MemorySnapshotStore(), ShopDomain(limits=limits), RunnerConfig(progress=False)
+    ).run(exit_when_idle=True)
+    assert summary.records - summary.dead_letters == len(at_limit)
+    assert summary.dead_letters == len(bad)
     letters = log.dead_letters()
     assert [d.position for d in letters] == [Position(3 + i, 0) for i in range(len(bad))]
     for letter, (_, reason) in zip(letters, bad, strict=True):

@@ -26,7 +26,7 @@ from reliability_support import (
 
 from shop_adapters.cli_common import make_client
 from shop_adapters.embedded_redis import RedisServer, find_redis_server
-from shop_adapters.workload import synthetic_events
+from shop_adapters.shop_domain.workload import synthetic_events
 
 PASSWORD = "pw-Zq8-s3cr3t-never-logged"
 
@@ -123,7 +123,7 @@ def test_password_url_works_and_the_password_never_appears_in_output(secured: Re
         outputs.append(str(summary))
         del fmt
     for sub in (["state", "--json"], ["verify"], ["dead-letters"]):
-        shown = cli("shop_adapters.inspect", "--redis-url", url, "--stream", "auth", *sub)
+        shown = cli("shop_adapters.inspector", "--redis-url", url, "--stream", "auth", *sub)
         assert shown.returncode == 0, shown.stderr
         outputs += [shown.stdout, shown.stderr]
     text = "\n".join(outputs)
@@ -266,7 +266,7 @@ def test_runner_over_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
         assert produced.returncode == 0, produced.stderr[-3000:]
         summary = run_to_idle(url, "tls", "--lease-ttl", "1")
         assert summary["digest"] == fold_digest(list(synthetic_events(300, seed=9)))
-        assert summary["total_events"] == 300
+        assert summary["total_records"] - summary["total_dead_letters"] == 300
         assert "rediss://" in summary["_stderr"]
         assert PASSWORD not in summary["_stderr"] + produced.stderr + produced.stdout
         # The plain protocol on the TLS port is refused: the data really went over TLS.

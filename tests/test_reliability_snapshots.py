@@ -25,13 +25,15 @@ from reliability_support import (
     stream_keys,
 )
 
-from shop_adapters.codec import Decoder, Snapshot, encode_event, encode_snapshot
 from shop_adapters.embedded_redis import RedisServer
+from shop_adapters.envelope import Snapshot, encode_snapshot
 from shop_adapters.logs.memory import MemoryLog
 from shop_adapters.protocols import Position
-from shop_adapters.runner import Runner, index_records_total
+from shop_adapters.runner import Runner, RunnerConfig
+from shop_adapters.shop_domain import ShopDomain
+from shop_adapters.shop_domain.wire import encode_event
+from shop_adapters.shop_domain.workload import synthetic_events
 from shop_adapters.snapshots.memory import MemorySnapshotStore
-from shop_adapters.workload import synthetic_events
 from shop_core import SEMANTICS_VERSION, fold
 
 EVENTS = list(synthetic_events(1_500, users=80, items=15, seed=5))
@@ -64,9 +66,19 @@ def flip(blob: bytes, offset: int) -> bytes:
     return bytes(data)
 
 
-def good_snapshot_blob() -> bytes:
-    """A valid snapshot of the first 1,000 events (position unknown to the server)."""
-    return encode_snapshot(Snapshot(fold(EVENTS[:1_000]), Position(1, 0), 1_000))
+class FutureShop(ShopDomain):
+    """The shop after a change of its rules: the same log may fold differently."""
+
+    semantics_version = SEMANTICS_VERSION + 1
+
+
+class OtherDomain(ShopDomain):
+    """Another domain (with the shop's body codec, so only the name differs)."""
+
+    name = "bank"
+
+
+ANCHOR = "5a" * 20
 
 
 Fault = Callable[[bytes, Path], tuple[bytes, str]]
@@ -84,14 +96,26 @@ FAULTS: dict[str, Fault] = {
         "bad magic",
     ),
     "wrong-format-version": lambda b, m: (
-        b.replace(b'"format_version":1', b'"format_version":9', 1),
+        b.replace(b'"format_version":2', b'"format_version":9', 1),
         "unknown snapshot format version 9",
     ),
+    "format-1": lambda b, m: (
+        b.replace(b'"format_version":2', b'"format_version":1', 1),
+        "unknown snapshot format version 1 (this build reads 2; rebuild by replay)",
+    ),
     "stale-semantics": lambda b, m: (
-        encode_snapshot(
-            Snapshot(fold(EVENTS), Position(1, 0), 1, semantics_version=SEMANTICS_VERSION + 1)
-        ),
+        encode_snapshot(Snapshot(fold(EVENTS), Position(1, 0), 1, anchor=ANCHOR), FutureShop()),
         f"stale semantics version {SEMANTICS_VERSION + 1}",
+    ),
+    "another-domain": lambda b, m: (
+        encode_snapshot(Snapshot(fold(EVENTS), Position(1, 0), 1, anchor=ANCHOR), OtherDomain()),
+        "a snapshot of the domain 'bank', not 'shop'",
+    ),
+    "another-price-list": lambda b, m: (
+        encode_snapshot(
+            Snapshot(fold(EVENTS), Position(1, 0), 1, anchor=ANCHOR), ShopDomain({"x": 1})
+        ),
+        "snapshot was folded with another configuration (snapshot: price list sha256:",
     ),
     "crafted-pickle": lambda b, m: (crafted_pickle(m), "looks like a pickle; never unpickled"),
 }
@@ -132,7 +156,7 @@ def test_a_bad_snapshot_is_set_aside_and_the_state_rebuilt_by_replay(
     assert "rebuilding by replay" in warnings[0]
     assert summary["restored_from"] is None
     assert summary["digest"] == DIGEST  # = from scratch
-    assert summary["events_applied"] == len(EVENTS)
+    assert summary["records"] - summary["dead_letters"] == len(EVENTS)
     assert summary["total_dead_letters"] == 1
     assert client.xlen(f"{stream}:dead") == 1  # the replay did not dead-letter it twice
     assert not marker.exists(), "the snapshot's pickle was executed"
@@ -150,7 +174,7 @@ def test_every_byte_flip_of_a_snapshot_is_rebuilt_by_replay(
     log = MemoryLog()
     log.append([encode_event(e) for e in EVENTS[:300]])  # type: ignore[misc]
     store = MemorySnapshotStore()
-    Runner(log, store, Decoder(), progress=False).run(exit_when_idle=True)
+    Runner(log, store, ShopDomain(), RunnerConfig(progress=False)).run(exit_when_idle=True)
     good = store.read()
     assert good is not None
     expected = fold_digest(EVENTS[:300])
@@ -159,9 +183,9 @@ def test_every_byte_flip_of_a_snapshot_is_rebuilt_by_replay(
     for offset in offsets:
         store.write(flip(good, offset))
         caplog.clear()
-        summary = Runner(
-            log, store, Decoder(), progress=False, records_total=index_records_total(log)
-        ).run(exit_when_idle=True)
+        summary = Runner(log, store, ShopDomain(), RunnerConfig(progress=False)).run(
+            exit_when_idle=True
+        )
         assert summary.digest == expected, f"offset {offset}"
         assert summary.restored_from is None, f"offset {offset}: a corrupt snapshot was used"
         assert any("snapshot set aside" in r.getMessage() for r in caplog.records), offset

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from shop_adapters.retail_csv import RetailLine, invoice_events, map_rows, parse_row, read_csv
+from shop_adapters.shop_domain.retail_csv import (
+    RetailLine,
+    invoice_events,
+    map_rows,
+    parse_row,
+    read_csv,
+)
 from shop_core import AddItem, Order, TopUp, fold_with_outcomes
 
 
@@ -130,7 +136,7 @@ def test_the_real_week_every_row_accounted_for() -> None:
 @pytest.mark.parametrize(
     "name",
     [
-        "shop_adapters.retail_csv",
+        "shop_adapters.shop_domain.retail_csv",
         "shop_adapters.runner",
         "shop_adapters.cli_common",
         "shop_adapters.producer",

@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
+from reliability_support import SHOP, RunnerProcess, runner_argv
 
 from shop_adapters import redis_runner
-from shop_adapters.codec import decode_snapshot
 from shop_adapters.embedded_redis import RedisServer
+from shop_adapters.envelope import decode_snapshot
 from shop_adapters.lease import Lease
 from shop_adapters.logs.redis_stream import RedisStreamLog
 from shop_adapters.producer import append_events
+from shop_adapters.shop_domain.workload import synthetic_events
 from shop_adapters.snapshots.redis import RedisSnapshotStore
-from shop_adapters.workload import synthetic_events
-from tests.reliability_support import RunnerProcess, runner_argv
 
 pytestmark = pytest.mark.redis
 
@@ -31,20 +31,26 @@ def test_two_signals_during_catch_up_exit_0_with_a_valid_snapshot(
 ) -> None:
     log = RedisStreamLog(redis_client, "orders")
     append_events(log, synthetic_events(300_000, 2_000, 100, seed=5), chunk=10_000, progress=False)
-    argv = runner_argv(redis_server.url, "orders", "--batch-size", "500", "--log-format", "json")
+    argv = runner_argv(
+        redis_server.url,
+        "orders",
+        *("--batch-size", "500", "--log-format", "json", "--progress-interval", "0.05"),
+    )
     with RunnerProcess(argv) as proc:
-        assert proc.wait_for("acquired"), proc.stderr[-3000:]
+        # A progress line comes after a folded batch: the runner is in its catch-up.
+        assert proc.wait_for('"msg": "progress"'), proc.stderr[-3000:]
         proc.proc.send_signal(signum)
-        time.sleep(0.05)
+        time.sleep(0.05)  # not a synchronisation: two signals, not one coalesced
         proc.proc.send_signal(signum)
         code, out, err = proc.finish(120)
     assert code == 0, err[-3000:]
     assert "Traceback" not in err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["stop_reason"] == "stopped"
+    assert summary["records"] > 0 and summary["lag"] > 0, summary  # stopped mid catch-up
     blob = RedisSnapshotStore(redis_client, "orders:snapshot").read()
     assert blob is not None
-    assert str(decode_snapshot(blob).unwrap().position) == summary["last_position"]
+    assert str(decode_snapshot(blob, SHOP).unwrap().position) == summary["last_position"]
 
 
 def test_a_signal_during_the_shutdown_does_not_kill_the_process(
@@ -69,14 +75,14 @@ def test_the_second_signal_is_logged_not_fatal(
     redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     redis_client.set("orders:lease", b"someone-else", px=60_000)
-    original = redis_runner.Lease.acquire
+    original = Lease.acquire
 
     def acquire(self: Lease, *args: Any, **kw: Any) -> int | None:
         signal.raise_signal(signal.SIGTERM)
         signal.raise_signal(signal.SIGTERM)
         return original(self, *args, **kw)
 
-    monkeypatch.setattr(redis_runner.Lease, "acquire", acquire)
+    monkeypatch.setattr(Lease, "acquire", acquire)
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
         result = CliRunner().invoke(redis_runner.main, ["--redis-url", redis_server.url])

@@ -14,17 +14,22 @@ import fakeredis
 import pytest
 import redis
 from click.testing import CliRunner
+from reliability_support import RunnerProcess, runner_argv
 
-from shop_adapters import inspect as inspect_cli
-from shop_adapters.codec import Decoder, encode_event
+from shop_adapters import inspect_commands, inspector
+from shop_adapters.catchup import replay
 from shop_adapters.embedded_redis import RedisServer
 from shop_adapters.errors import GapError
 from shop_adapters.logs.redis_stream import RedisStreamLog
-from shop_adapters.runner import Runner, replay
+from shop_adapters.protocols import ORIGIN, LogHistory
+from shop_adapters.runner import Runner, RunnerConfig
+from shop_adapters.shop_domain import ShopDomain
+from shop_adapters.shop_domain.wire import encode_event
 from shop_adapters.snapshots.memory import MemorySnapshotStore
 from shop_adapters.snapshots.redis import RedisSnapshotStore
 from shop_core import TopUp
-from tests.reliability_support import RunnerProcess, runner_argv
+
+SHOP = ShopDomain()
 
 
 def fill(client: Any, stream: str = "orders", n: int = 10) -> list[bytes]:
@@ -56,26 +61,28 @@ def test_from_scratch_on_a_stream_missing_records_is_a_gap(
     log = RedisStreamLog(fake7, "orders")
     store = MemorySnapshotStore()
     store.write(b"a good snapshot, in another format")
-    runner = Runner(log, store, Decoder(), from_scratch=True, progress=False)
-    with pytest.raises(GapError, match="the stream's history is incomplete"):
+    runner = Runner(log, store, SHOP, RunnerConfig(from_scratch=True, progress=False))
+    with pytest.raises(GapError, match="the log's history is incomplete"):
         runner.run(exit_when_idle=True)
     assert store.read() == b"a good snapshot, in another format"  # not overwritten
-    with pytest.raises(GapError, match="a from-scratch replay cannot rebuild the state"):
-        replay(log, Decoder())
+    with pytest.raises(GapError, match="a replay from scratch cannot rebuild the state"):
+        replay(log, SHOP)
 
 
 def test_a_complete_stream_and_a_missing_one_fold_from_scratch(
     fake7: fakeredis.FakeRedis,
 ) -> None:
-    fill(fake7)
-    assert RedisStreamLog(fake7, "orders").deleted_entries() == 0
+    ids = fill(fake7)
+    h = RedisStreamLog(fake7, "orders").history()
+    assert h.added == h.length == 10 and h.max_deleted is None
     summary = Runner(
-        RedisStreamLog(fake7, "orders"), MemorySnapshotStore(), Decoder(), progress=False
+        RedisStreamLog(fake7, "orders"), MemorySnapshotStore(), SHOP, RunnerConfig(progress=False)
     ).run(exit_when_idle=True)
-    assert summary.events_applied == 10
+    assert summary.records == 10 and summary.dead_letters == 0
+    assert str(summary.last_position) == ids[-1].decode()
     empty = RedisStreamLog(fake7, "nothing")
-    assert empty.deleted_entries() == 0 and empty.max_deleted_position() is None
-    assert replay(empty, Decoder())[1] == (0, 0)
+    assert empty.history() == LogHistory(ORIGIN, ORIGIN, 0, 0, None)
+    assert replay(empty, SHOP).position == ORIGIN
 
 
 def _drain(client: fakeredis.FakeRedis) -> None:
@@ -83,8 +90,8 @@ def _drain(client: fakeredis.FakeRedis) -> None:
     Runner(
         RedisStreamLog(client, "orders"),
         RedisSnapshotStore(client, "orders:snapshot"),
-        Decoder(),
-        progress=False,
+        SHOP,
+        RunnerConfig(progress=False),
     ).run(exit_when_idle=True)
 
 
@@ -94,14 +101,14 @@ def test_inspect_verify_and_state_report_a_trimmed_history(
     ids = fill(fake7)
     _drain(fake7)
     fake7.xtrim("orders", maxlen=2, approximate=False)
-    monkeypatch.setattr(inspect_cli, "make_client", lambda *a, **k: fake7)
+    monkeypatch.setattr(inspect_commands, "make_client", lambda *a, **k: fake7)
     cli = CliRunner()
-    verify = cli.invoke(inspect_cli.cli, ["--redis-url", "redis://unused", "verify"])
+    verify = cli.invoke(inspector.cli, ["--redis-url", "redis://unused", "verify"])
     assert verify.exit_code == 1
     assert "the stream's history is incomplete" in verify.output
     assert "ends at 0-0" not in verify.output
     # state still works from the snapshot (at the last record, which is still there).
-    state = cli.invoke(inspect_cli.cli, ["--redis-url", "redis://unused", "state"])
+    state = cli.invoke(inspector.cli, ["--redis-url", "redis://unused", "state"])
     assert state.exit_code == 0, state.output
     assert f"position: {ids[-1].decode()}" in state.output
 
@@ -134,16 +141,16 @@ def test_inspect_after_a_minid_trim_at_the_snapshot(
     fake7.xtrim("orders", minid=snap_at, approximate=False)  # as the README recommends
     later = fill(fake7, n=3)
     fake7.xdel("orders", later[1])  # a record after the snapshot deleted too
-    monkeypatch.setattr(inspect_cli, "make_client", lambda *a, **k: fake7)
+    monkeypatch.setattr(inspect_commands, "make_client", lambda *a, **k: fake7)
     cli = CliRunner()
-    verify = cli.invoke(inspect_cli.cli, ["--redis-url", "redis://unused", "verify"])
+    verify = cli.invoke(inspector.cli, ["--redis-url", "redis://unused", "verify"])
     assert verify.exit_code == 1
     assert f"cannot verify the snapshot at {snap_at}" in verify.output
     assert "rebuild from scratch is impossible" in verify.output
     assert "--from-scratch" not in verify.output
-    at = cli.invoke(inspect_cli.cli, ["--redis-url", "redis://unused", "state", "--at", snap_at])
+    at = cli.invoke(inspector.cli, ["--redis-url", "redis://unused", "state", "--at", snap_at])
     assert at.exit_code == 0, at.output
     assert f"position: {snap_at}" in at.output and "from: snapshot" in at.output
     # Folding over the deleted record is still refused.
-    beyond = cli.invoke(inspect_cli.cli, ["--redis-url", "redis://unused", "state"])
+    beyond = cli.invoke(inspector.cli, ["--redis-url", "redis://unused", "state"])
     assert beyond.exit_code == 1 and "GapError" in beyond.output
