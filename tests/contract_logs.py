@@ -1,12 +1,17 @@
 """The contract every :class:`~shop_adapters.protocols.EventLog` passes.
 
-Subclass :class:`LogContract` and provide two fixtures (after eventsourcing's
+Subclass :class:`LogContract` and provide three fixtures (after eventsourcing's
 ``tests/persistence.py``):
 
 - ``log``: a new, empty log;
 - ``other_handle``: a factory returning another handle on the same log (a new
   connection, a new file handle; the same object for a memory log), for the
-  tests where a second writer wakes a blocked reader.
+  tests where a second writer wakes a blocked reader;
+- ``reader_blocked``: a probe telling whether a ``wait_after`` on ``log``, in
+  another thread, is waiting for a record (a condition variable's waiter, a
+  connection blocked in ``XREAD``, a poll that found nothing): what the wake-up
+  test waits for before it appends, so it proves the reader was blocked and
+  woken, instead of hoping a sleep was long enough.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from reliability_support import wait_until
 
 from shop_adapters.protocols import ORIGIN, DeadLetter, EventLog, Position
 
@@ -39,6 +45,10 @@ class LogContract:
     @pytest.fixture
     def other_handle(self, log: EventLog) -> Callable[[], EventLog]:
         raise NotImplementedError("subclasses provide a second handle on the same log")
+
+    @pytest.fixture
+    def reader_blocked(self, log: EventLog) -> Callable[[], bool]:
+        raise NotImplementedError("subclasses say when a wait_after on log is blocked")
 
     # -- append ----------------------------------------------------------------------
 
@@ -185,26 +195,41 @@ class LogContract:
         assert log.wait_after(p, 10, 0) == []
 
     def test_wait_after_is_woken_by_another_writer(
-        self, log: EventLog, other_handle: Callable[[], EventLog]
+        self,
+        log: EventLog,
+        other_handle: Callable[[], EventLog],
+        reader_blocked: Callable[[], bool],
     ) -> None:
         (p,) = log.append(entries(1))
         writer = other_handle()
+        assert not reader_blocked()
         appended: list[Position] = []
+        appending = threading.Event()
+        failed: list[BaseException] = []
 
-        def append_later() -> None:
-            time.sleep(0.2)
-            appended.extend(writer.append(entries(2, 1)))
+        def append_once_the_reader_blocks() -> None:
+            try:
+                wait_until(reader_blocked, 10, "the reader to block in wait_after")
+                appending.set()
+                appended.extend(writer.append(entries(2, 1)))
+            except BaseException as e:  # reported by the test
+                failed.append(e)
 
-        thread = threading.Thread(target=append_later)
+        thread = threading.Thread(target=append_once_the_reader_blocks)
         started = time.monotonic()
         thread.start()
         try:
-            records = log.wait_after(p, 10, 20_000)
-            if len(records) < 2:  # the two entries may be seen in two reads
+            records = log.wait_after(p, 10, 15_000)
+            # Returned with records only after the writer began: it waited, then woke.
+            woken_after_append = appending.is_set()
+            if records and len(records) < 2:  # the two entries may be seen in two reads
                 records += log.wait_after(records[-1].position, 10, 5_000)
         finally:
             thread.join()
-        assert time.monotonic() - started < 15
+        if failed:
+            raise failed[0]
+        assert woken_after_append
+        assert time.monotonic() - started < 12  # woken, not timed out
         assert [r.position for r in records] == appended
 
     # -- dead letters -----------------------------------------------------------------

@@ -57,6 +57,10 @@ class SnapshotContract:
         other.write(b"v2")
         assert store.read() == b"v2"
 
-    def test_close_is_harmless(self, store: SnapshotStore) -> None:
+    def test_close_is_harmless(
+        self, store: SnapshotStore, other_handle: Callable[[], SnapshotStore]
+    ) -> None:
         store.write(b"x")
         store.close()
+        store.close()  # twice: still no error
+        assert other_handle().read() == b"x"  # closing a handle loses nothing it wrote

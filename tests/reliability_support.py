@@ -1,8 +1,15 @@
-"""Shared helpers of the reliability tests (``tests/test_reliability_*.py``).
+"""Shared helpers of the tests that run the command-line tools and real servers.
 
-- :class:`RunnerProcess`: ``python -m shop_adapters.redis_runner`` as a subprocess
-  whose stderr lines are collected by a thread, so a test can wait for a phase
-  ("caught up") and then SIGKILL it; always killed on exit from its ``with``.
+Import it as ``reliability_support`` (``tests/`` is on ``sys.path``), never as
+``tests.reliability_support``: one module, one name.
+
+- :func:`run_module`: ``python -m ...`` to completion, output captured; the one
+  way to run a CLI to its end;
+- :class:`RunnerProcess`: a CLI (usually ``python -m shop_adapters.redis_runner``)
+  as a subprocess whose stderr lines are collected by a thread, so a test can
+  wait for a phase ("caught up") and then signal or SIGKILL it; always killed
+  on exit from its ``with``. Both run from the repository with
+  :func:`subprocess_env`.
 - :data:`MALFORMED`: entries that can never become a valid event.
 - :func:`stream_oracle`: an in-memory fold of a decoded Redis stream.
 - :func:`wait_until`: poll a condition with a deadline (a safety net, never a
@@ -67,13 +74,34 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.01)
 
 
-def run_module(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+def subprocess_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a CLI under test: this one, unbuffered, importing this
+    repository's code first, without ``REDIS_URL`` (so only an explicit
+    ``--redis-url`` says which server a test uses), then ``extra``."""
+    env = dict(os.environ)
+    env.pop("REDIS_URL", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def python_m(*args: str) -> list[str]:
+    """``[python, "-m", *args]`` with this interpreter."""
+    return [sys.executable, "-m", *args]
+
+
+def run_module(
+    *args: str, timeout: float = 120.0, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``python -m ARGS`` from the repository, output captured as text, no check."""
     return subprocess.run(
-        [sys.executable, "-m", *args],
+        python_m(*args),
         capture_output=True,
         text=True,
         cwd=REPO,
+        env=subprocess_env(env),
         timeout=timeout,
         check=False,
     )
@@ -100,10 +128,7 @@ class RunnerProcess:
     """
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
-        full_env = dict(os.environ)
-        full_env["PYTHONUNBUFFERED"] = "1"
-        if env:
-            full_env.update(env)
+        full_env = subprocess_env(env)
         self.argv = list(argv)
         self.lines: list[str] = []
         self._cond = threading.Condition()

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import doctest
 import itertools
 
+import model
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model import Model, model_of, verdicts
 from returns.result import Failure, Success
 
-from benchmarks.baseline import as_dicts, fold_dicts
 from shop_core import (
     EMPTY,
+    Accepted,
     AddItem,
     Event,
     Item,
     Order,
+    Rejection,
     RejectionCode,
     ShopState,
     TopUp,
@@ -95,7 +99,10 @@ def test_each_rejection_reason_in_order_of_precedence(
 ) -> None:
     assert code_of(BASE, order) == code
     after = apply(BASE, order)
-    assert (after == BASE) == (code is not None)
+    if code is not None:
+        assert after is BASE
+    else:
+        assert_accepted_as_the_rules_say(BASE, order, after)
 
 
 def test_insufficient_funds() -> None:
@@ -193,9 +200,34 @@ def test_fold_equals_one_by_one_apply(evs: list[Event]) -> None:
     assert fold(evs) == one_by_one(evs)
 
 
+def test_the_model_oracle_runs_its_own_examples() -> None:
+    result = doctest.testmod(model)
+    assert result.failed == 0 and result.attempted > 0
+
+
 @given(histories(max_users=30, max_items=12, max_size=200))
 def test_fold_equals_the_plain_dict_model(evs: list[Event]) -> None:
-    assert as_dicts(fold(evs)) == fold_dicts(evs)
+    assert model_of(fold(evs)) == Model.of(evs)
+
+
+def verdict_of(outcome: Accepted | Rejection) -> str | int | None:
+    """A core verdict in the model's terms: the total, ``None``, or the rejection code."""
+    if isinstance(outcome, Accepted):
+        return outcome.total
+    return outcome.code.value
+
+
+@given(histories(max_users=30, max_items=12, max_size=200))
+def test_every_verdict_equals_the_models(evs: list[Event]) -> None:
+    assert [verdict_of(v) for v in Transient().fold_each(evs)] == verdicts(evs)
+    state = EMPTY
+    for e, expected in zip(evs, verdicts(evs), strict=True):
+        match decide(state, e):
+            case Success(accepted):
+                assert accepted is e and not isinstance(expected, str)
+            case Failure(rejection):
+                assert rejection.code.value == expected
+        state = apply(state, e)
 
 
 @given(st.lists(events(), max_size=30))
@@ -232,22 +264,50 @@ def test_decide_agrees_with_apply(evs: list[Event], data: st.DataObject) -> None
         after = apply(state, e)
         if isinstance(e, Order):
             assert isinstance(decide(state, e), Failure) == (after == state)
+            if not isinstance(decide(state, e), Failure):
+                assert_accepted_as_the_rules_say(state, e, after)
         else:
             assert decide(state, e) == Success(e)
         state = after
 
 
+def assert_accepted_as_the_rules_say(state: ShopState, order: Order, after: ShopState) -> None:
+    """An accepted order: balance -= total and each merged line's stock -= its quantity;
+    nothing else changes."""
+    wanted: dict[str, int] = {}
+    for iid, qty in order.lines:
+        if qty:
+            wanted[iid] = wanted.get(iid, 0) + qty
+    assert wanted, "an accepted order orders something"
+    prices = {iid: state.items[iid].price for iid in wanted}
+    assert None not in prices.values(), "an accepted order's items are all priced"
+    total = sum((prices[iid] or 0) * qty for iid, qty in wanted.items())
+    assert after.users[order.user_id].balance == state.users[order.user_id].balance - total >= 0
+    for iid, qty in wanted.items():
+        assert after.items[iid] == Item(state.items[iid].price, state.items[iid].stock - qty)
+        assert after.items[iid].stock >= 0
+    assert after.users.discard(order.user_id) == state.users.discard(order.user_id)
+    unchanged = set(state.items) - set(wanted)
+    assert {i: after.items[i] for i in unchanged} == {i: state.items[i] for i in unchanged}
+    assert set(after.users) == set(state.users) and set(after.items) == set(state.items)
+
+
 @given(histories(), st.data())
-def test_rejected_orders_change_nothing_and_repeat_idempotently(
+def test_an_order_changes_nothing_when_rejected_and_exactly_its_lines_when_accepted(
     evs: list[Event], data: st.DataObject
 ) -> None:
     state = fold(evs)
     order = data.draw(histories(min_size=1, max_size=1).filter(lambda h: isinstance(h[0], Order)))[
         0
     ]
+    assert isinstance(order, Order)
+    after = apply(state, order)
     if isinstance(decide(state, order), Failure):
-        assert apply(state, order) is state
-        assert apply(apply(state, order), order) == state
+        assert after is state
+        assert apply(after, order) == state  # rejected again: idempotent
+    else:
+        assert decide(state, order) == Success(order)
+        assert_accepted_as_the_rules_say(state, order, after)
 
 
 @settings(max_examples=50)

@@ -1,13 +1,14 @@
-"""A hypothesis rule-based state machine: the persistent fold against a plain-dict model."""
+"""A hypothesis rule-based state machine: the persistent fold against the plain-dict model
+of ``tests/model.py``."""
 
 from __future__ import annotations
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from model import Model, model_of
 
-from benchmarks.baseline import as_dicts, fold_dicts
-from shop_core import EMPTY, AddItem, Event, Order, ShopState, TopUp, apply, fold
+from shop_core import EMPTY, AddItem, Event, Order, ShopState, TopUp, apply, decide, fold
 
 USERS = st.integers(0, 6)
 ITEMS = st.sampled_from(["a", "b", "c", "d"])
@@ -18,14 +19,15 @@ class ShopMachine(RuleBasedStateMachine):
         super().__init__()
         self.state: ShopState = EMPTY
         self.history: list[Event] = []
-        self.balances: dict[int, int] = {}
-        self.items: dict[str, list[int | None]] = {}
+        self.model = Model()
         self.snapshots: list[tuple[int, ShopState]] = []
 
     def _do(self, e: Event) -> None:
+        accepted = decide(self.state, e).value_or(None) is e
         self.state = apply(self.state, e)
         self.history.append(e)
-        fold_dicts([e], self.balances, self.items)
+        verdict = self.model.apply(e)
+        assert accepted == (not isinstance(verdict, str)), (e, verdict)
 
     @rule(user=USERS, amount=st.integers(0, 1_000))
     def top_up(self, user: int, amount: int) -> None:
@@ -51,7 +53,7 @@ class ShopMachine(RuleBasedStateMachine):
 
     @invariant()
     def matches_model(self) -> None:
-        assert as_dicts(self.state) == (self.balances, self.items)
+        assert model_of(self.state) == self.model
 
     @invariant()
     def replay_matches(self) -> None:

@@ -2,7 +2,9 @@
 
 Uses the session ``redis_server`` (flushed per test by ``redis_client``) and, for
 the restart and password tests, servers of their own. Subprocess tests run the
-real CLIs (``python -m ...``), including ``kill -9`` during catch-up.
+real CLIs (``python -m ...``, through ``reliability_support``), including
+``kill -9`` during catch-up. Every wait is for observable state (a log line, a
+key, a journal entry) with a deadline; the one random delay is seeded.
 """
 
 from __future__ import annotations
@@ -11,10 +13,7 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,12 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
+from reliability_support import RunnerProcess, python_m, run_module, wait_until
 
 from shop_adapters import inspector, producer
 from shop_adapters.catchup import record_anchor, replay
 from shop_adapters.embedded_redis import RedisServer
-from shop_adapters.envelope import Snapshot, decode_snapshot, encode_snapshot
+from shop_adapters.envelope import Snapshot, decode_snapshot, encode_snapshot, read_header
 from shop_adapters.errors import FencedError
 from shop_adapters.lease import Lease
 from shop_adapters.logs.redis_stream import RedisStreamLog
@@ -42,7 +42,6 @@ from shop_core import AddItem, TopUp, fold, state_digest
 
 pytestmark = pytest.mark.redis
 
-REPO = Path(__file__).resolve().parents[1]
 RETAIL = "online-retail-2010-12-01-to-07.csv"
 
 
@@ -80,63 +79,6 @@ def produce(url: str, stream: str, n: int, seed: int = 3) -> None:
     events = synthetic_events(n, users=500, items=50, seed=seed)
     producer.append_events(log, events, chunk=5_000, progress=False)
     log.client.close()
-
-
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env=cli_env(),
-        check=False,
-    )
-
-
-class Proc:
-    """A CLI subprocess whose stderr lines are collected by a thread."""
-
-    def __init__(self, *args: str) -> None:
-        self.p = subprocess.Popen(
-            [sys.executable, "-m", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-            env=cli_env(),
-        )
-        self.lines: list[str] = []
-        assert self.p.stderr is not None
-        self._t = threading.Thread(target=self._read, daemon=True)
-        self._t.start()
-
-    def _read(self) -> None:
-        assert self.p.stderr is not None
-        for line in self.p.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, text: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in line for line in self.lines):
-                return
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"{text!r} not seen; stderr:\n{''.join(self.lines)[-3000:]}")
-
-    def finish(self, timeout: float = 30) -> tuple[int, str]:
-        out, _ = self.p.communicate(timeout=timeout)
-        self._t.join(5)
-        return self.p.returncode, out
 
 
 def summary_of(stdout: str) -> dict[str, Any]:
@@ -189,19 +131,27 @@ def test_kill_9_during_catch_up_then_restart_equals_from_scratch(
     expected = state_digest(fold(synthetic_events(n, users=500, items=50, seed=3)))
     args = ("shop_adapters.redis_runner", "--redis-url", redis_server.url, "--stream", "big")
     args += ("--snapshot-every", "1000", "--log-format", "json", "--lease-ttl", "1")
-    victim = Proc(*args, "--exit-when-idle", "--batch-size", "50")
-    victim.wait_for("lease big:lease acquired")
-    time.sleep(random.uniform(0.2, 0.8))
-    assert victim.p.poll() is None, "the runner finished before it could be killed"
-    victim.p.send_signal(signal.SIGKILL)
-    assert victim.finish()[0] == -signal.SIGKILL
     store = RedisSnapshotStore(redis_client, "big:snapshot")
+    with RunnerProcess(python_m(*args, "--exit-when-idle", "--batch-size", "50")) as victim:
+        # Kill it once catch-up has snapshotted a seeded number of records (of 150,000).
+        target = random.Random(9).randrange(1_000, 40_001, 1_000)
+
+        def snapshotted() -> int:
+            blob = store.read()
+            header = None if blob is None else read_header(blob)
+            return 0 if header is None else header.records
+
+        wait_until(lambda: snapshotted() >= target, 60, f"a snapshot of {target} records")
+        assert victim.alive(), f"the runner ended before the kill:\n{victim.stderr[-3000:]}"
+        victim.kill()
+        assert victim.proc.returncode == -signal.SIGKILL
     blob = store.read()
     assert blob is not None  # snapshots were written during catch-up
     killed_at = decode_snapshot(blob, SHOP).unwrap()
+    assert killed_at.records >= target
     assert ORIGIN < killed_at.position < RedisStreamLog(redis_client, "big").last_position()
 
-    restarted = run_cli(*args, "--exit-when-idle")  # waits out the dead runner's lease
+    restarted = run_module(*args, "--exit-when-idle")  # waits out the dead runner's lease
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     resumed = summary_of(restarted.stdout)
     assert resumed["restored_from"] is not None
@@ -209,7 +159,7 @@ def test_kill_9_during_catch_up_then_restart_equals_from_scratch(
     assert resumed["total_records"] == n and resumed["total_dead_letters"] == 0
     assert resumed["digest"] == expected
 
-    scratch = run_cli(*args, "--exit-when-idle", "--from-scratch")
+    scratch = run_module(*args, "--exit-when-idle", "--from-scratch")
     assert scratch.returncode == 0, scratch.stderr[-2000:]
     assert summary_of(scratch.stdout)["digest"] == expected
     assert summary_of(scratch.stdout)["records"] == n
@@ -253,10 +203,8 @@ def test_redis_restart_mid_run_loses_and_repeats_nothing(
         out: list[Any] = []
         t = threading.Thread(target=lambda: out.append(r.run(exit_when_idle=True)))
         t.start()
-        deadline = time.monotonic() + 30
-        while r.position == ORIGIN and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert r.position.major > 0  # the first batch is applied; the rest waits
+        wait_until(lambda: r.position != ORIGIN, 30, "the first batch to be applied")
+        assert r.position.major > 0  # the first batch is applied; the rest waits at the gate
         server.restart(kill=True)  # the runner's connection dies mid catch-up
         gate.set()
         t.join(60)
@@ -276,7 +224,7 @@ def test_sigterm_writes_a_final_snapshot_and_exits_0(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     produce(redis_server.url, "orders", 5_000)
-    proc = Proc(
+    argv = python_m(
         "shop_adapters.redis_runner",
         "--redis-url",
         redis_server.url,
@@ -285,17 +233,25 @@ def test_sigterm_writes_a_final_snapshot_and_exits_0(
         "--log-format",
         "json",
     )
-    proc.wait_for("caught up")
-    log = RedisStreamLog(redis_client, "orders")
-    log.append([encode_event(TopUp(1, 5))])  # type: ignore[list-item]
-    time.sleep(0.3)
-    proc.p.send_signal(signal.SIGTERM)
-    code, out = proc.finish()
-    assert code == 0
-    assert summary_of(out)["stop_reason"] == "stopped"
+    with RunnerProcess(argv) as proc:
+        assert proc.wait_for("caught up"), proc.stderr[-3000:]
+        log = RedisStreamLog(redis_client, "orders")
+        (p,) = log.append([encode_event(TopUp(1, 5))])  # type: ignore[list-item]
+        # The runner publishes a record's outcome once it has folded it.
+        wait_until(
+            lambda: bool(redis_client.xrange("orders:outcomes", str(p), str(p))),
+            30,
+            f"the runner to fold {p}",
+        )
+        assert redis_client.hget("orders:snapshot", b"blob") is None  # none by time yet
+        proc.terminate()
+        code, out, err = proc.finish()
+    assert code == 0, err[-3000:]
+    summary = summary_of(out)
+    assert summary["stop_reason"] == "stopped" and summary["snapshots_written"] == 1
     blob = RedisSnapshotStore(redis_client, "orders:snapshot").read()
     assert blob is not None
-    assert decode_snapshot(blob, SHOP).unwrap().position == log.last_position()
+    assert decode_snapshot(blob, SHOP).unwrap().position == p == log.last_position()
     assert redis_client.get("orders:lease") is None  # released
 
 
@@ -303,19 +259,21 @@ def test_a_second_runner_waits_for_the_lease_then_takes_over(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     produce(redis_server.url, "orders", 2_000)
-    args = ("shop_adapters.redis_runner", "--redis-url", redis_server.url, "--log-format", "json")
-    first = Proc(*args)
-    first.wait_for("caught up")
-    second = Proc(*args)
-    second.wait_for("waiting for it")
-    assert not any("acquired" in line for line in second.lines)
-    first.p.send_signal(signal.SIGTERM)
-    assert first.finish()[0] == 0
-    second.wait_for("fencing token 2")
-    second.wait_for("caught up")
-    second.p.send_signal(signal.SIGTERM)
-    code, out = second.finish()
-    assert code == 0 and summary_of(out)["records"] == 0  # resumed from the snapshot
+    argv = python_m(
+        "shop_adapters.redis_runner", "--redis-url", redis_server.url, "--log-format", "json"
+    )
+    with RunnerProcess(argv) as first, RunnerProcess(argv) as second:
+        assert first.wait_for("caught up"), first.stderr[-3000:]
+        assert second.wait_for("waiting for it"), second.stderr[-3000:]
+        assert not any("acquired" in line for line in second.lines)
+        first.terminate()
+        assert first.finish()[0] == 0, first.stderr[-3000:]
+        assert second.wait_for("fencing token 2"), second.stderr[-3000:]
+        assert second.wait_for("caught up"), second.stderr[-3000:]
+        second.terminate()
+        code, out, err = second.finish()
+    assert code == 0, err[-3000:]
+    assert summary_of(out)["records"] == 0  # resumed from the snapshot
 
 
 def test_a_runner_that_lost_its_lease_is_fenced(redis_client: redis.Redis) -> None:
@@ -341,10 +299,8 @@ def test_the_renewer_reports_a_lost_lease(redis_client: redis.Redis) -> None:
     lost: list[str] = []
     assert a.acquire(on_lost=lost.append) == 1
     redis_client.set("s:lease", b"someone else")
-    deadline = time.monotonic() + 3
-    while not lost and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert lost and "someone else" in lost[0]
+    wait_until(lambda: bool(lost), 3, "the renewer to report the lease lost")
+    assert "someone else" in lost[0]
     assert a.token is None and a.fencing_token() == 0
     a.release()
     assert redis_client.get("s:lease") == b"someone else"  # not ours: left alone
@@ -428,9 +384,9 @@ def password_server(tmp_path: Path) -> Iterator[RedisServer]:
 def test_a_password_in_the_url_works_and_is_never_logged(password_server: RedisServer) -> None:
     url = password_server.url
     assert "s3cret-pw" in url
-    produced = run_cli("shop_adapters.producer", "--redis-url", url, "topup", "1", "5")
+    produced = run_module("shop_adapters.producer", "--redis-url", url, "topup", "1", "5")
     assert produced.returncode == 0, produced.stderr
-    ran = run_cli("shop_adapters.redis_runner", "--redis-url", url, "--exit-when-idle")
+    ran = run_module("shop_adapters.redis_runner", "--redis-url", url, "--exit-when-idle")
     assert ran.returncode == 0, ran.stderr
     for out in (produced.stdout, produced.stderr, ran.stdout, ran.stderr):
         assert "s3cret-pw" not in out

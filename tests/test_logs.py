@@ -9,6 +9,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
@@ -16,15 +17,49 @@ import redis
 from contract_logs import LogContract, entries
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from reliability_support import wait_until
 
 from shop_adapters.embedded_redis import RedisServer
 from shop_adapters.errors import IntegrityError, OperationalError
 from shop_adapters.logs.file import FileLog, TornRecordWarning
 from shop_adapters.logs.memory import MemoryLog
 from shop_adapters.logs.redis_stream import RedisStreamLog
-from shop_adapters.protocols import ORIGIN, DeadLetter, EventLog, Position
+from shop_adapters.protocols import ORIGIN, DeadLetter, EventLog, Position, Record
 
 # --- the contract, per backend -----------------------------------------------------------
+
+
+def _fake_redis_blocked(log: RedisStreamLog) -> Callable[[], bool]:
+    """Whether a connection of ``log``'s fakeredis client is blocked in a command."""
+
+    def blocked() -> bool:
+        connections = list(log.client.connection_pool._in_use_connections)  # type: ignore[attr-defined]
+        return any(getattr(getattr(c, "_sock", None), "_blocked", False) for c in connections)
+
+    return blocked
+
+
+def _found_nothing(log: FileLog) -> Callable[[], bool]:
+    """A file log's reader polls the file size once a read found nothing: wrap its
+    ``read_after`` (which ``wait_after`` calls first) to see that moment."""
+    polling = threading.Event()
+    read_after = log.read_after
+
+    def spy(position: Position, limit: int) -> list[Record]:
+        found = read_after(position, limit)
+        if not found:
+            polling.set()
+        return found
+
+    log.read_after = spy  # type: ignore[method-assign]
+    return polling.is_set
+
+
+def blocked_xread_clients(client: redis.Redis) -> list[dict[str, Any]]:
+    """The connections blocked in ``XREAD`` (``CLIENT LIST``: cmd=xread, flag b)."""
+    return [
+        c for c in client.client_list() if c.get("cmd") == "xread" and "b" in c.get("flags", "")
+    ]
 
 
 class TestMemoryLog(LogContract):
@@ -35,6 +70,10 @@ class TestMemoryLog(LogContract):
     @pytest.fixture
     def other_handle(self, log: MemoryLog) -> Callable[[], EventLog]:
         return lambda: log
+
+    @pytest.fixture
+    def reader_blocked(self, log: MemoryLog) -> Callable[[], bool]:
+        return lambda: bool(log._cond._waiters)  # type: ignore[attr-defined]
 
 
 class TestFileLog(LogContract):
@@ -56,6 +95,10 @@ class TestFileLog(LogContract):
         for handle in opened:
             handle.close()
 
+    @pytest.fixture
+    def reader_blocked(self, log: FileLog) -> Callable[[], bool]:
+        return _found_nothing(log)
+
 
 class TestFakeRedisStreamLog(LogContract):
     @pytest.fixture
@@ -69,6 +112,10 @@ class TestFakeRedisStreamLog(LogContract):
     @pytest.fixture
     def other_handle(self, server: fakeredis.FakeServer) -> Callable[[], EventLog]:
         return lambda: RedisStreamLog(fakeredis.FakeRedis(server=server), "orders")
+
+    @pytest.fixture
+    def reader_blocked(self, log: RedisStreamLog) -> Callable[[], bool]:
+        return _fake_redis_blocked(log)
 
 
 @pytest.mark.redis
@@ -88,6 +135,12 @@ class TestRedisStreamLog(LogContract):
         yield make
         for handle in opened:
             handle.close()
+
+    @pytest.fixture
+    def reader_blocked(self, redis_server: RedisServer) -> Iterator[Callable[[], bool]]:
+        admin = redis_server.client()
+        yield lambda: bool(blocked_xread_clients(admin))
+        admin.close()
 
 
 # --- Redis streams: IDs, replies, blocking, errors ---------------------------------------
@@ -220,18 +273,31 @@ class TestRealRedisStreamBehaviour(RedisStreamBehaviour):
         log = RedisStreamLog(client, "orders", max_block_ms=30_000)
         (p,) = log.append(entries(1))
         other = make_client()
+        assert blocked_xread_clients(other) == []
+        appending = threading.Event()
+        failed: list[BaseException] = []
 
-        def xadd_later() -> None:
-            time.sleep(0.2)
-            other.xadd("orders", {"late": "1"})
+        def xadd_once_blocked() -> None:
+            try:
+                # The reader's connection is in XREAD BLOCK on the server: now append.
+                wait_until(lambda: len(blocked_xread_clients(other)) == 1, 10, "XREAD BLOCK")
+                appending.set()
+                other.xadd("orders", {"late": "1"})
+            except BaseException as e:  # reported by the test
+                failed.append(e)
 
-        thread = threading.Thread(target=xadd_later)
+        thread = threading.Thread(target=xadd_once_blocked)
         started = time.monotonic()
         thread.start()
         records = log.wait_after(p, 10, 20_000)
+        woken_after_append = appending.is_set()
         thread.join()
+        if failed:
+            raise failed[0]
+        assert woken_after_append
         assert [r.fields for r in records] == [{b"late": b"1"}]
         assert time.monotonic() - started < 10
+        assert blocked_xread_clients(other) == []  # the reader's XREAD has returned
 
     def test_long_wait_is_sliced_below_the_socket_timeout(
         self, client: redis.Redis, make_client: Callable[..., redis.Redis]

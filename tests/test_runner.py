@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
+from reliability_support import wait_until
 from returns.result import Success
 
 import shop_adapters.retry as retry_module
@@ -296,12 +297,14 @@ def test_follows_the_tail_and_stop_writes_a_final_snapshot() -> None:
     result: list[Any] = []
     t = threading.Thread(target=lambda: result.append(r.run(exit_when_idle=False)))
     t.start()
-    deadline = time.monotonic() + 5
-    while r.position != Position(1_000, 0) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # Caught up and following: blocked in wait_after on the log's condition.
+    wait_until(
+        lambda: r.position == Position(1_000, 0) and bool(log._cond._waiters),  # type: ignore[attr-defined]
+        5,
+        "the runner to catch up and wait for more",
+    )
     log.append([encode_event(e) for e in EVENTS[1_000:]])  # type: ignore[misc]
-    while r.position != Position(5_000, 0) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: r.position == Position(5_000, 0), 5, "the runner to fold the tail")
     r.stop()
     t.join(5)
     assert not t.is_alive()
