@@ -975,7 +975,9 @@ class Runner(Generic[S, E]):
             return
         if self._restored is not None and self._restored[1] == self.position:
             return  # the stored snapshot is already this state
-        if self.position < self._hold_snapshots_until or self.position == ORIGIN:
+        if self.position == ORIGIN:
+            return  # nothing was folded: nothing to save
+        if self.position < self._hold_snapshots_until:
             event(
                 self._logger,
                 INFO,

@@ -8,11 +8,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import click  # noqa: E402
-from bank_domain import BANK_CLI  # noqa: E402
+import click
+from bank_domain import BANK_CLI
 
-from shop_adapters.inspect_commands import inspect_group  # noqa: E402
-from shop_adapters.run_command import runner_command  # noqa: E402
+from shop_adapters.inspect_commands import inspect_group
+from shop_adapters.run_command import runner_command
 
 cli = click.Group(commands={"run": runner_command(BANK_CLI), "inspect": inspect_group(BANK_CLI)})
 

@@ -6,9 +6,7 @@ command lines in a subprocess killed with SIGKILL."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -17,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bank_domain import BANK, BANK_CLI, Command, Deposit, Open, Transfer, Withdraw, encode
 from hypothesis import given
 from hypothesis import strategies as st
 from pyrsistent import pmap
+from reliability_support import REPO, RunnerProcess, subprocess_env, wait_until
 
-from bank_domain import BANK, BANK_CLI, Command, Deposit, Open, Transfer, Withdraw, encode
-from reliability_support import REPO, wait_until
 from shop_adapters.catchup import replay
 from shop_adapters.decider import DeciderDomain
 from shop_adapters.embedded_redis import RedisServer
@@ -69,10 +67,16 @@ def test_money_is_conserved_and_never_negative(cmds: list[Command]) -> None:
     folder = BANK.folder(BANK.initial)
     outcomes = folder.fold_each(cmds)
     state = folder.persistent()
-    deposited = sum(c.amount for c, o in zip(cmds, outcomes, strict=True)
-                    if o.status == "accepted" and isinstance(c, Deposit))
-    withdrawn = sum(c.amount for c, o in zip(cmds, outcomes, strict=True)
-                    if o.status == "accepted" and isinstance(c, Withdraw))
+    deposited = sum(
+        c.amount
+        for c, o in zip(cmds, outcomes, strict=True)
+        if o.status == "accepted" and isinstance(c, Deposit)
+    )
+    withdrawn = sum(
+        c.amount
+        for c, o in zip(cmds, outcomes, strict=True)
+        if o.status == "accepted" and isinstance(c, Withdraw)
+    )
     assert sum(state.values()) == deposited - withdrawn
     assert all(balance >= 0 for balance in state.values())
     rejected = [o for o in outcomes if o.status == "rejected"]
@@ -103,8 +107,11 @@ def workload(n: int, seed: int) -> list[Command]:
         a, b = rng.sample(ACCOUNTS, 2)
         out.append(
             rng.choice(
-                [Deposit(a, rng.randint(1, 300)), Withdraw(a, rng.randint(1, 300)),
-                 Transfer(a, b, rng.randint(1, 300))]
+                [
+                    Deposit(a, rng.randint(1, 300)),
+                    Withdraw(a, rng.randint(1, 300)),
+                    Transfer(a, b, rng.randint(1, 300)),
+                ]
             )
         )
     return out
@@ -230,24 +237,18 @@ def test_the_generic_runner_command_survives_sigkill_and_verify_agrees(
     cmds = workload(20_000, seed=5)
     log.append([encode(c) for c in cmds])
     url = ["--redis-url", redis_server.url, "--stream", "bank"]
-    proc = subprocess.Popen(
-        bank_cli("run", *url, "--batch-size", "500", "--snapshot-every", "2000", "--lease-ttl", "1"),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+    argv = bank_cli(
+        "run", *url, "--batch-size", "500", "--snapshot-every", "2000", "--lease-ttl", "1"
     )
-    try:
+    with RunnerProcess(argv) as runner:
         wait_until(lambda: client.hexists("bank:snapshot", "blob"), 30, "a first snapshot")
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(10)
+        runner.kill()
     killed_at = decode_snapshot(client.hget("bank:snapshot", "blob") or b"", BANK).unwrap()
     assert killed_at.records < len(cmds)
     done = subprocess.run(
         bank_cli("run", *url, "--exit-when-idle", "--lease-ttl", "1", "--log-format", "json"),
         cwd=REPO,
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -258,7 +259,12 @@ def test_the_generic_runner_command_survives_sigkill_and_verify_agrees(
     assert summary["restored_from"] is not None
     assert summary["total_records"] == len(cmds)
     verify = subprocess.run(
-        bank_cli("inspect", *url, "verify"), cwd=REPO, capture_output=True, text=True, timeout=120
+        bank_cli("inspect", *url, "verify"),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert verify.returncode == 0, verify.stderr
     assert verify.stdout.startswith("ok: snapshot at")

@@ -10,6 +10,7 @@ the shop as an example. The shop's own wiring (``shop_domain``, ``redis_runner``
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _docstring_nodes(tree: ast.AST) -> set[int]:
         # An attribute docstring: a string statement right after an assignment.
         body = getattr(node, "body", None)
         if isinstance(body, list):
-            for prev, stmt in zip(body, body[1:], strict=False):
+            for prev, stmt in itertools.pairwise(body):
                 if (
                     isinstance(prev, ast.Assign | ast.AnnAssign)
                     and isinstance(stmt, ast.Expr)

@@ -18,5 +18,5 @@ def test_bring_your_own_domain_runs_and_prints_the_documented_line() -> None:
     expected = lines[-1].removeprefix("# ")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})  # noqa: S102
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
     assert out.getvalue().strip() == expected
