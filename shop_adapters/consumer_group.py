@@ -11,7 +11,7 @@ Commands used (Redis >= 6.2; Source: Redis docs for each command):
 - ``XGROUP CREATE <journal> <group> <start> MKSTREAM`` once (``BUSYGROUP``, the
   group exists, is fine; ``start`` ``0`` means every outcome, ``$`` only new ones);
   a group that disappears with its stream (a journal set aside by an accepted
-  rollback) is created again;
+  rollback: ``NOGROUP``, or ``UNBLOCKED`` for a worker blocked on it) is created again;
 - ``XAUTOCLAIM <journal> <group> <me> <min-idle-ms> <cursor> COUNT n``: entries
   delivered to a worker (any worker, this one included) and not acknowledged for
   ``claim_idle_ms`` are claimed, so a crashed worker's pending entries are taken
@@ -61,7 +61,7 @@ from typing import Any, Protocol
 import redis
 
 from .domain import Outcome
-from .errors import IntegrityError, OperationalError
+from .errors import IntegrityError, OperationalError, PermanentError
 from .journals import outcome_from_fields
 from .keys import StreamKeys
 from .protocols import Position
@@ -296,8 +296,10 @@ class GroupWorker:
             if not batch:
                 block = None if exit_when_idle else self.config.block_ms
                 batch = [(p, f, 1) for p, f in self._read_new(block)]
-        except redis.exceptions.ResponseError as e:
-            if "NOGROUP" not in str(e):
+        except PermanentError as e:
+            # NOGROUP: the journal (and its group) is gone; UNBLOCKED: it went while
+            # this worker was blocked on it (Redis 7).
+            if "NOGROUP" not in str(e) and "UNBLOCKED" not in str(e):
                 raise
             self._logger.warning(
                 "the group %s on %s is gone: creating it again", self.group, self.journal
