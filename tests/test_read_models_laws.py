@@ -17,6 +17,7 @@ For shop histories (``shop_core.strategies.histories``) with retried appends
 from __future__ import annotations
 
 import copy
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -95,7 +96,7 @@ def store_path(projection: Projection, outcomes: Outcomes, cuts: list[int]) -> d
     store (as JSON), fold, write back the changed ones (as JSON)."""
     stored: dict[str, bytes] = {}
     bounds = [0, *sorted(set(cuts)), len(outcomes)]
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         batch = outcomes[lo:hi]
         keys = keys_of_batch(projection, batch)
         docs = {k: decode_document(stored[k]) if k in stored else None for k in keys}

@@ -35,7 +35,7 @@ from shop_adapters.domain import Outcome
 from shop_adapters.effects import DirectorySink, RedisListSink
 from shop_adapters.embedded_redis import RedisServer
 from shop_adapters.errors import IntegrityError
-from shop_adapters.journals import RedisOutcomeJournal, outcome_fields
+from shop_adapters.journals import RedisOutcomeJournal
 from shop_adapters.projections import Doc, ProjectionError
 from shop_adapters.projector_engine import Projector, ProjectorConfig
 from shop_adapters.protocols import Position
