@@ -7,8 +7,9 @@ It starts its own ``redis-server`` (``RedisServer``, no persistence; never the
 one on port 6379) unless ``--redis-url`` is given. Workload:
 ``shop_adapters.shop_domain.workload.synthetic_events(n, users, items, seed)``.
 
-1. **Throughput** (``--events``, default 200,000; ``--quick`` 50,000): the
-   events are appended to a stream, then
+1. **Throughput** (``--events``, default 200,000; ``--quick`` 50,000), best of
+   ``--repeat`` (default 3, ``--quick`` 1): the events are appended to a
+   stream, then, runs of the runner and the projector interleaved:
 
    - **runner**: the real :class:`~shop_adapters.runner.Runner` from scratch,
      as ``redis_runner`` runs it (``RedisStreamLog``, ``RedisSnapshotStore``,
@@ -19,7 +20,7 @@ one on port 6379) unless ``--redis-url`` is given. Workload:
      beside, then switched in), timed by its own summary: outcomes/s, and its
      **ratio** to the runner's records/s (each record has one outcome); then
      each projection alone (``--rebuild`` of that view);
-   - ceilings: reading and decoding the journal only (``XRANGE`` batches and
+   - references: reading and decoding the journal only (``XRANGE`` batches and
      ``outcome_from_fields``), and the pure fold of the five projections over
      outcomes already decoded (no Redis).
 
@@ -30,8 +31,9 @@ one on port 6379) unless ``--redis-url`` is given. Workload:
    (documents and ``MEMORY USAGE``), and a check that every stored view equals
    the pure fold of the journal (the run fails otherwise).
 
-Output: a Markdown report (default ``benchmarks/results/projector.md``).
-Figures are single runs, after ``gc.collect()``; they depend on the machine.
+Output: a Markdown report (default ``benchmarks/results/projector.md``), with
+the machine's load average at the start and the end. Every run starts after
+``gc.collect()``; figures depend on the machine and on what else runs on it.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=int, default=100)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=1_000, help="the projector's batch")
+    p.add_argument("--repeat", type=int, default=None, help="best of N (default 3; --quick 1)")
     p.add_argument("--redis-url", default=None, help="use this Redis (default: start one)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return p
@@ -102,7 +105,7 @@ def _load(client: redis.Redis, stream: str, n: int, a: argparse.Namespace) -> fl
     """Append ``n`` synthetic events to ``stream``; returns the seconds taken."""
     log = RedisStreamLog(client, stream)
     started = time.perf_counter()
-    chunk: list[dict[str, Any]] = []
+    chunk: list[Any] = []
     for event in synthetic_events(n, a.users, a.items, a.seed):
         chunk.append(encode_event(event))
         if len(chunk) == 10_000:
@@ -188,56 +191,63 @@ def _rate(n: int, seconds: float) -> str:
     return f"{n / seconds:,.0f}" if seconds > 0 else "-"
 
 
+def _reset(client: redis.Redis, stream: str) -> None:
+    """Delete what the runner and the projector wrote for ``stream`` (not the stream)."""
+    keys = [f"{stream}:outcomes", f"{stream}:snapshot", *client.keys(f"{stream}:view:*")]
+    client.delete(*keys)
+
+
+def _best(runs: list[float]) -> float:
+    return min(runs)
+
+
 def _throughput(client: redis.Redis, a: argparse.Namespace, report: Report) -> None:
     n = a.events
     stream = "bench"
     _say(f"throughput: appending {n:,} events")
     _load(client, stream, n, a)
-    _say("throughput: the runner")
-    runner_s = _run_runner(client, stream)
-    runner_rate = n / runner_s
-    report.rows.append(
-        (
-            "runner (decide + outcome journal + snapshot)",
-            f"{runner_s:.2f}",
-            _rate(n, runner_s),
-            "1.00",
-        )
-    )
     projections = shop_projections()
-    _say("throughput: the projector, five views")
-    proj_s = _run_projector(client, stream, projections, a.batch_size)
-    report.rows.append(
-        (
-            "projector, five views in one process",
-            f"{proj_s:.2f}",
-            _rate(n, proj_s),
-            f"{n / proj_s / runner_rate:.2f}",
+    runner_runs: list[float] = []
+    projector_runs: list[float] = []
+    for r in range(a.repeat):
+        # Interleaved, so that a change in the machine's load hits both alike.
+        _say(f"throughput: the runner, then the projector (five views), run {r + 1}/{a.repeat}")
+        _reset(client, stream)
+        runner_runs.append(_run_runner(client, stream))
+        projector_runs.append(_run_projector(client, stream, projections, a.batch_size))
+    runner_s, proj_s = _best(runner_runs), _best(projector_runs)
+    runner_rate = n / runner_s
+
+    def row(what: str, seconds: float, count: int = n) -> tuple[str, ...]:
+        return (
+            what,
+            f"{seconds:.2f}",
+            _rate(count, seconds),
+            f"{count / seconds / runner_rate:.2f}",
         )
-    )
+
+    report.rows.append(row("runner (decide + outcome journal + snapshot)", runner_s))
+    report.rows.append(row("projector, five views in one process", proj_s))
     for p in projections:
         _say(f"throughput: the projector, {p.name} alone")
-        s = _run_projector(client, stream, [p], a.batch_size, rebuild=True)
-        report.rows.append(
-            (f"projector, {p.name} alone", f"{s:.2f}", _rate(n, s), f"{n / s / runner_rate:.2f}")
-        )
-    _say("throughput: ceilings")
-    gc.collect()
-    views, read_s, fold_s, count = _fold_views(client, stream, projections)
+        runs = [
+            _run_projector(client, stream, [p], a.batch_size, rebuild=True) for _ in range(a.repeat)
+        ]
+        report.rows.append(row(f"projector, {p.name} alone", _best(runs)))
+    _say("throughput: references")
+    reads: list[float] = []
+    folds: list[float] = []
+    for _ in range(a.repeat):
+        gc.collect()
+        views, read_s, fold_s, count = _fold_views(client, stream, projections)
+        reads.append(read_s)
+        folds.append(fold_s)
+    report.rows.append(row("reference: read + decode the journal only", _best(reads), count))
     report.rows.append(
-        (
-            "ceiling: read + decode the journal only",
-            f"{read_s:.2f}",
-            _rate(count, read_s),
-            f"{count / read_s / runner_rate:.2f}",
-        )
-    )
-    report.rows.append(
-        (
-            "ceiling: pure fold of the five views (no Redis)",
-            f"{fold_s:.2f}",
-            _rate(count, fold_s),
-            f"{count / fold_s / runner_rate:.2f}",
+        row(
+            "reference: pure fold of the five views in memory (no Redis, no JSON)",
+            _best(folds),
+            count,
         )
     )
     _check(client, stream, views, report, "throughput")
@@ -286,7 +296,9 @@ def _rebuild(client: redis.Redis, a: argparse.Namespace, report: Report) -> None
     if count != n:
         report.failures.append(f"rebuild: the journal holds {count} outcomes, not {n}")
     _check(client, stream, views, report, "rebuild")
-    leftovers = [k for k in client.keys(f"{stream}:view:*") if k.count(b":") > 2]
+    live = {store.keys(p.name).live for p in projections}
+    keys: Any = client.keys(f"{stream}:view:*")
+    leftovers = sorted({k.decode() for k in keys} - live)
     if leftovers:
         report.failures.append(f"rebuild: keys left beside the views: {leftovers}")
 
@@ -326,7 +338,9 @@ def _write(report: Report, a: argparse.Namespace, out: Path) -> None:
         f"Machine: {m['cpu']}, {m['cores']} cores; Python {m['python']}; Redis {m['redis']} "
         f"(a private redis-server without persistence); commit {m['commit']}; {m['date']}.  ",
         f"Workload: `synthetic_events(n, users={a.users}, items={a.items}, seed={a.seed})`; "
-        f"projector batches of {a.batch_size} outcomes. Single runs.",
+        f"projector batches of {a.batch_size} outcomes. Throughput: best of {a.repeat} "
+        "(runner and projector runs interleaved); rebuild: single runs. The machine is "
+        f"shared: {m.get('load', '')}.",
         "",
         f"## Throughput on the same data ({a.events:,} events, one outcome each)",
         "",
@@ -366,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         a.events = 50_000 if a.quick else 200_000
     if a.rebuild_outcomes is None:
         a.rebuild_outcomes = 100_000 if a.quick else 1_000_000
+    if a.repeat is None:
+        a.repeat = 1 if a.quick else 3
     with contextlib.ExitStack() as stack:
         url = a.redis_url
         if url is None:
@@ -384,8 +400,14 @@ def main(argv: list[str] | None = None) -> int:
                 + (" " + shlex.join(args) if args else "")
             }
         )
+        load_before = os.getloadavg()
         _throughput(client, a, report)
         _rebuild(client, a, report)
+        load_after = os.getloadavg()
+        report.meta["load"] = (
+            f"load average (1 min) {load_before[0]:.1f} at the start, "
+            f"{load_after[0]:.1f} at the end"
+        )
     _write(report, a, a.out)
     print(a.out.read_text())
     for failure in report.failures:

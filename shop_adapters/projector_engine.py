@@ -36,8 +36,10 @@ apply (:class:`~shop_adapters.projections.ProjectionError`) stops it, naming
 the position. A live view whose tracking position names an outcome the
 journal no longer holds, or holds with other fields (the journal was set
 aside by an accepted rollback, or replaced), stops it with an
-``IntegrityError`` that says to rebuild the view. Redis outages are retried
-under the one :class:`~shop_adapters.retry.RetryPolicy`.
+``IntegrityError`` that says to rebuild the view; so do outcomes deleted
+from the journal after a view's position (``XTRIM``/``XDEL``, as ``XINFO
+STREAM`` reports them on Redis >= 7). Redis outages are retried under the one
+:class:`~shop_adapters.retry.RetryPolicy`.
 """
 
 from __future__ import annotations
@@ -299,6 +301,25 @@ class Projector:
         if not targets:
             raise IntegrityError("no view left to project: every stored view is of a newer version")
         self._targets = targets
+        self._check_deletions()
+
+    def _check_deletions(self) -> None:
+        """Outcomes deleted from the journal (``XTRIM``, ``XDEL``; ``XINFO STREAM``'s
+        ``max-deleted-entry-id``, Redis >= 7) after a view's position would be folded
+        over silently: an ``IntegrityError`` instead. Trimming before every view's
+        position is harmless to the live views (a new build would then miss them)."""
+        deleted = self.journal.history().max_deleted
+        if deleted is None:
+            return
+        for target in self._targets:
+            if deleted > target.checkpoint.position:
+                what = "a build of" if target.rebuilding else "the view"
+                raise IntegrityError(
+                    f"outcomes up to {deleted} were deleted from {self.journal_key} (XTRIM or "
+                    f"XDEL), after the position {target.checkpoint.position} of {what} "
+                    f"{target.name}: it cannot be kept exact from what is left. Restore the "
+                    "journal, or republish it (docs/read-models.md)"
+                )
 
     def _holds_history(self, checkpoint: ViewCheckpoint) -> bool:
         """Whether the journal holds the outcome the view was last folded to, unchanged."""
@@ -505,6 +526,7 @@ class Projector:
         for target in list(self._targets):
             if not self._holds_history(target.checkpoint):
                 self._reload(target)
+        self._check_deletions()
 
     # -- reporting -------------------------------------------------------------------------
 

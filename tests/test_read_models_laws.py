@@ -17,6 +17,8 @@ For shop histories (``shop_core.strategies.histories``) with retried appends
 from __future__ import annotations
 
 import copy
+import doctest
+import importlib
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -268,3 +270,23 @@ def test_a_projection_writing_a_document_it_did_not_name_is_refused() -> None:
 
     with pytest.raises(ProjectionError, match="without naming it"):
         fold(Sneaky(), [(Position(1, 0), Outcome("accepted"))])
+
+
+# --- the docstrings' examples ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "shop_adapters.projections",
+        "shop_adapters.view_store",
+        "shop_adapters.shop_domain",
+        "shop_adapters.shop_domain.projections",
+        "shop_adapters.shop_domain.queries",
+        "shop_adapters.shop_domain.receipts",
+    ],
+)
+def test_docstring_examples(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

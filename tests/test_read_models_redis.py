@@ -186,6 +186,21 @@ FAST_KW: dict[str, Any] = {"batch_size": 500, "block_ms": 50, "progress_interval
 ALL = frozenset(p.name for p in shop_projections())
 
 
+def test_outcomes_deleted_after_a_views_position_stop_the_projector(
+    redis_client: redis.Redis,
+) -> None:
+    publish(redis_client, "s", synthetic_events(2_000, 100, 10, seed=12))
+    project(redis_client, "s")
+    position = journal_outcomes(redis_client, "s")[-1][0]
+    redis_client.xtrim("s:outcomes", minid=str(position))  # before every view's position
+    publish(redis_client, "s", synthetic_events(500, 100, 10, seed=13))
+    project(redis_client, "s")  # the live views go on
+    publish(redis_client, "s", synthetic_events(100, 100, 10, seed=14))  # not projected yet
+    redis_client.xdel("s:outcomes", str(journal_outcomes(redis_client, "s")[-50][0]))
+    with pytest.raises(IntegrityError, match="were deleted from s:outcomes"):
+        project(redis_client, "s")
+
+
 def test_a_journal_entry_that_is_not_an_outcome_stops_the_projector_at_it(
     redis_client: redis.Redis,
 ) -> None:
