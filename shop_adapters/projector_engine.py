@@ -2,7 +2,9 @@
 
 ``Projector(client, stream, projections, config).run()`` reads
 ``<stream>:outcomes`` (the runner's outcome journal, :mod:`shop_adapters.journals`)
-in batches and applies each batch to every view it runs
+in batches (``XRANGE <journal> (<position> + COUNT n``, and when caught up
+``XREAD BLOCK ms COUNT n STREAMS <journal> <position>``, from the lowest
+tracking position of its views; never ``$``) and applies each batch to every view it runs
 (:mod:`shop_adapters.projections`), stored as :mod:`shop_adapters.view_store`
 says. Per batch and view:
 

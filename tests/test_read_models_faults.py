@@ -314,7 +314,7 @@ def test_two_workers_one_killed_mid_batch_write_each_receipt_exactly_once(
         wait_until(finished, 120, "worker b to handle everything, a's pending entries too")
         assert b.wait_for("claimed", 5), b.stderr[-2000:]
         b.terminate()
-        code, out, err = b.finish(60)
+        code, _, err = b.finish(60)
         assert code == 0, err[-2000:]
     written = [json.loads(r)["receipt"] for r in redis_client.lrange(f"{stream}:receipts", 0, -1)]
     assert len(written) == len(set(written)), "a receipt was written twice"
