@@ -115,8 +115,9 @@ class Outcome:
     - ``kind``: the request's kind (``"Order"``), ``None`` for a dead letter;
     - ``code`` and ``message``: the stable rejection code and its text (a dead
       letter's reason in ``message``);
-    - ``detail``: what the domain says about an accepted request (for a shop
-      order, ``{"total": 300}``), JSON-ready;
+    - ``detail``: what the domain says about the request, JSON-ready (for an
+      accepted shop order ``{"total": 300, "user": 7, "lines": [["cpu", 3, 100]]}``,
+      for a rejected one ``{"user": 7, "items": ["cpu"]}``), for the read side;
     - ``duplicate_of``: for a duplicate, the position of the first record with
       its idempotency key; ``verdict``: the first record's status (its kind,
       code, message and detail are carried too).

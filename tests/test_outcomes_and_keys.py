@@ -143,7 +143,13 @@ def test_a_duplicate_in_the_same_batch_carries_the_first_verdict() -> None:
     digest, answers = fold_log(entries)
     assert digest == state_digest(fold([TopUp(1, 500), AddItem("cpu", 5, 100), order]))
     assert answers[-1] == Outcome(
-        "duplicate", "Order", None, None, {"total": 100}, Position(3, 0), "accepted"
+        "duplicate",
+        "Order",
+        None,
+        None,
+        {"total": 100, "user": 1, "lines": [["cpu", 1, 100]]},
+        Position(3, 0),
+        "accepted",
     )
 
 
@@ -378,7 +384,11 @@ def test_order_wait_prints_the_verdict_with_a_runner_following(tmp_path: Path) -
             accepted = produce("order", "7", "cpu:2", "--wait", "--json", "--idempotency-key", "o1")
             assert accepted.returncode == 0, accepted.stderr
             answer = json.loads(accepted.stdout)
-            assert answer["outcome"] == "accepted" and answer["detail"] == {"total": 200}
+            assert answer["outcome"] == "accepted" and answer["detail"] == {
+                "total": 200,
+                "user": 7,
+                "lines": [["cpu", 2, 100]],
+            }
             again = produce("order", "7", "cpu:2", "--wait", "--json", "--idempotency-key", "o1")
             repeat = json.loads(again.stdout)
             assert again.returncode == 0

@@ -24,7 +24,9 @@ from shop_core import (
     EMPTY,
     SEMANTICS_VERSION,
     Accepted,
+    AddItem,
     Event,
+    Order,
     ShopState,
     Transient,
     state_digest,
@@ -38,32 +40,102 @@ from .wire import DEFAULT_LIMITS, Decoder, Limits, encode_event, load_price_list
 __all__ = ["ShopDomain", "ShopFolder", "encode_event", "load_price_list"]
 
 
+def _merged(lines: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """An order's lines as the core merges them: one per item, in order of first
+    appearance, summed, quantity 0 left out."""
+    sums: dict[str, int] = {}
+    for iid, qty in lines:
+        if qty:
+            sums[iid] = sums.get(iid, 0) + qty
+    return list(sums.items())
+
+
+def _track_prices(prices: dict[str, int | None], events: Sequence[Event]) -> None:
+    """Update ``prices`` with the AddItems among ``events`` (the core's pricing rule)."""
+    for event in events:
+        if type(event) is AddItem:
+            if event.price is not None:
+                prices[event.item_id] = event.price
+            elif event.item_id not in prices:
+                prices[event.item_id] = None
+
+
 class ShopFolder:
     """A :class:`~shop_adapters.domain.Folder` over :class:`shop_core.Transient`."""
 
-    __slots__ = ("_transient",)
+    __slots__ = ("_prices", "_transient")
 
     def __init__(self, state: ShopState) -> None:
         self._transient = Transient(state)
+        # Item prices as the fold goes, for the lines of an order's outcome; built
+        # by the first fold_each (the fast fold keeps it current once it exists).
+        self._prices: dict[str, int | None] | None = None
 
     def fold(self, events: Sequence[Event]) -> Tally:
         """Fold ``events``; accepted counted by event type, rejections by code."""
         out = self._transient.fold(events)
+        if self._prices is not None:
+            _track_prices(self._prices, events)
         kinds = Counter(type(e).__name__ for e in events)
         kinds["Order"] = out.orders_accepted
         accepted = {k: n for k, n in kinds.items() if n}
         return Tally(accepted, dict(out.rejections))
 
     def fold_each(self, events: Sequence[Event]) -> list[Outcome]:
-        """Fold ``events``; an accepted order's outcome says ``{"total": minor units}``."""
+        """Fold ``events``; one :class:`~shop_adapters.domain.Outcome` per event.
+
+        The detail of an order says what the read side needs, small and
+        deterministic (a pure function of the log, so ``inspect verify``
+        rebuilds it exactly):
+
+        - accepted: ``{"total": minor units, "user": id, "lines": [[item, quantity,
+          unit price], ...]}`` plus ``"order_id"`` when the order has one; the lines
+          are merged as the core merges them (one per item, in order of first
+          appearance, quantity 0 left out), so ``total`` is the sum of quantity
+          times price;
+        - rejected: ``{"user": id, "items": [item, ...]}`` (the distinct items
+          ordered with a quantity above 0, in order of first appearance) plus
+          ``"order_id"``.
+
+        >>> from shop_core import AddItem, Order, TopUp
+        >>> folder = ShopFolder(EMPTY)
+        >>> _, _, ok, no = folder.fold_each([TopUp(7, 500), AddItem("cpu", 3, 100),
+        ...     Order(7, (("cpu", 1), ("cpu", 1))), Order(7, (("gpu", 1),))])
+        >>> ok.detail
+        {'total': 200, 'user': 7, 'lines': [['cpu', 2, 100]]}
+        >>> no.code, no.detail
+        ('unknown_item', {'user': 7, 'items': ['gpu']})
+        """
+        prices = self._prices
+        if prices is None:
+            # What the state says now (nothing is committed if nothing was folded).
+            state = self._transient.persistent()
+            prices = self._prices = {iid: item.price for iid, item in state.items.items()}
         out: list[Outcome] = []
         for event, verdict in zip(events, self._transient.fold_each(events), strict=True):
             kind = type(event).__name__
+            if type(event) is AddItem:
+                if event.price is not None:
+                    prices[event.item_id] = event.price
+                elif event.item_id not in prices:
+                    prices[event.item_id] = None
             if isinstance(verdict, Accepted):
-                detail = None if verdict.total is None else {"total": verdict.total}
+                detail: dict[str, Any] | None = None
+                if verdict.total is not None and type(event) is Order:
+                    # An accepted order never changes a price: the prices now are its prices.
+                    lines = [[iid, qty, prices[iid]] for iid, qty in _merged(event.lines)]
+                    detail = {"total": verdict.total, "user": event.user_id, "lines": lines}
+                    if event.order_id is not None:
+                        detail["order_id"] = event.order_id
                 out.append(Outcome("accepted", kind, detail=detail))
             else:
-                out.append(Outcome("rejected", kind, str(verdict.code), verdict.message))
+                detail = None
+                if type(event) is Order:
+                    items = [iid for iid, _ in _merged(event.lines)]
+                    detail = {"user": event.user_id, "items": items}
+                    if event.order_id is not None:
+                        detail["order_id"] = event.order_id
+                out.append(Outcome("rejected", kind, str(verdict.code), verdict.message, detail))
         return out
 
     def persistent(self) -> ShopState:
