@@ -155,11 +155,43 @@ def consume(
     Decoded events are valid, so the fold does not fail half-way.
     """
     last = records[-1]
-    if keys is None and not outcomes and not any(OVERSIZE_FIELD in r.fields for r in records):
-        pairs, letters = domain.decode_records(records)
+    check_keys = keys is not None
+    for r in records:  # one pass: does any record need the general path?
+        fields = r.fields
+        if OVERSIZE_FIELD in fields or (check_keys and KEY_FIELD in fields):
+            return _consume_each(domain, folder, records, keys, first_index)
+    pairs, letters = domain.decode_records(records)
+    anchor = record_anchor(last.fields)
+    if not outcomes:
         tally = folder.fold([e for _, e in pairs])
-        return Batch(last.position, len(records), record_anchor(last.fields), tally, letters)
-    return _consume_each(domain, folder, records, keys, first_index)
+        return Batch(last.position, len(records), anchor, tally, letters)
+    each = folder.fold_each([e for _, e in pairs])
+    out = [(p, o) for (p, _), o in zip(pairs, each, strict=True)]
+    if letters:
+        out += [(d.position, Outcome("dead_letter", message=d.reason)) for d in letters]
+        out.sort(key=_first)
+    return Batch(last.position, len(records), anchor, _tally(each), letters, out)
+
+
+def _tally(outcomes: Sequence[Outcome]) -> Tally:
+    accepted: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    duplicates = 0
+    for o in outcomes:
+        status = o.status
+        if status == "accepted":
+            kind = o.kind or ""
+            accepted[kind] = accepted.get(kind, 0) + 1
+        elif status == "rejected":
+            code = o.code or ""
+            rejected[code] = rejected.get(code, 0) + 1
+        elif status == "duplicate":
+            duplicates += 1
+    return Tally(accepted, rejected, duplicates)
+
+
+def _first(pair: tuple[Position, Outcome]) -> Position:
+    return pair[0]
 
 
 def _consume_each(
@@ -216,26 +248,15 @@ def _consume_each(
             keys.settle(key, first_index + slot, answers[slot])
         for slot, key in repeats:
             answers[slot] = keys.classify(key, records[slot].fields, first_index + slot)
-    accepted: dict[str, int] = {}
-    rejected: dict[str, int] = {}
-    duplicates = 0
-    out: list[tuple[Position, Outcome]] = []
-    for record, answer in zip(records, answers, strict=True):
-        assert answer is not None
-        status = answer.status
-        if status == "accepted":
-            accepted[answer.kind or ""] = accepted.get(answer.kind or "", 0) + 1
-        elif status == "rejected":
-            rejected[answer.code or ""] = rejected.get(answer.code or "", 0) + 1
-        elif status == "duplicate":
-            duplicates += 1
-        out.append((record.position, answer))
+    done = [a for a in answers if a is not None]
+    assert len(done) == len(records)
+    out = [(r.position, a) for r, a in zip(records, done, strict=True)]
     last = records[-1]
     return Batch(
         last.position,
         len(records),
         record_anchor(last.fields),
-        Tally(accepted, rejected, duplicates),
+        _tally([a for a in done if a.status != "dead_letter"]),
         [letters[i] for i in sorted(letters)],
         out,
     )

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from .protocols import DeadLetter, Position, Record
 
@@ -107,9 +107,9 @@ class Tally:
         return cls(parts[0], parts[1], duplicates)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The answer to one request, as the outcome journal publishes it.
+class Outcome(NamedTuple):
+    """The answer to one request, as the outcome journal publishes it (a named tuple:
+    immutable and cheap to build, one per record).
 
     - ``status``: ``"accepted"``, ``"rejected"``, ``"dead_letter"`` or ``"duplicate"``;
     - ``kind``: the request's kind (``"Order"``), ``None`` for a dead letter;

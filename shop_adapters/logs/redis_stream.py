@@ -104,6 +104,12 @@ def _records(entries: Sequence[Any] | None) -> list[Record]:
     return [Record(_position(i), _fields(f)) for i, f in entries]
 
 
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    """``[name, value, name, value, ...]`` as a dict, in order."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
 def _xread_entries(reply: Any) -> Sequence[Any] | None:
     """The entries of the single stream in an XREAD reply (RESP2 list or RESP3 map)."""
     if not reply:
@@ -184,27 +190,26 @@ BUDGETED_XRANGE = """
 -- ARGV[3]: byte budget of the reply, ARGV[4]: largest entry returned whole (bytes).
 -- Returns the entries of XRANGE <stream> <start> + COUNT <n> while their field bytes
 -- stay within the budget (always at least one), an entry over the limit replaced by
--- {id, {'\0oversize', size, '\0anchor', sha1}} (the anchor as record_anchor computes it).
+-- {id, {'\\0oversize', size, '\\0anchor', sha1}} (the anchor as record_anchor computes
+-- it). The reply is cut and edited in place.
 local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
 local budget, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-local out, total = {}, 0
-for _, entry in ipairs(entries) do
-  local fields, size = entry[2], 0
-  for _, value in ipairs(fields) do size = size + #value end
+local total = 0
+for i = 1, #entries do
+  local fields, size = entries[i][2], 0
+  for j = 1, #fields do size = size + #fields[j] end
   if size > limit then
     local parts = {}
-    for _, value in ipairs(fields) do parts[#parts + 1] = #value .. ':' .. value end
-    local anchor = redis.sha1hex(table.concat(parts))
-    parts = nil
-    out[#out + 1] = {entry[1], {'\0oversize', tostring(size), '\0anchor', anchor}}
+    for j = 1, #fields do parts[j] = #fields[j] .. ':' .. fields[j] end
+    entries[i][2] = {'\\0oversize', tostring(size), '\\0anchor', redis.sha1hex(table.concat(parts))}
     size = 64
-  else
-    if #out > 0 and total + size > budget then break end
-    out[#out + 1] = entry
+  elseif i > 1 and total + size > budget then
+    for k = #entries, i, -1 do entries[k] = nil end
+    break
   end
   total = total + size
 end
-return out
+return entries
 """
 """The byte-bounded catch-up read (see :meth:`RedisStreamLog.read_after`)."""
 
@@ -333,7 +338,7 @@ class RedisStreamLog:
                     args=[start, limit, self.max_batch_bytes or 0, self.max_entry_bytes],
                 )
                 # A script's reply is raw: each entry's fields a flat [name, value, ...].
-                reply = [(i, dict(zip(f[::2], f[1::2], strict=True))) for i, f in raw]
+                reply = [(i, _pairs(f)) for i, f in raw]
         return _records(reply)
 
     def wait_after(self, position: Position, limit: int, timeout_ms: int) -> list[Record]:

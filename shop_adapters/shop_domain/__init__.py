@@ -60,6 +60,9 @@ def _track_prices(prices: dict[str, int | None], events: Sequence[Event]) -> Non
                 prices[event.item_id] = None
 
 
+_ACCEPTED = {k: Outcome("accepted", k) for k in ("TopUp", "AddItem", "Order")}
+
+
 class ShopFolder:
     """A :class:`~shop_adapters.domain.Folder` over :class:`shop_core.Transient`."""
 
@@ -127,7 +130,9 @@ class ShopFolder:
                     detail = {"total": verdict.total, "user": event.user_id, "lines": lines}
                     if event.order_id is not None:
                         detail["order_id"] = event.order_id
-                out.append(Outcome("accepted", kind, detail=detail))
+                out.append(
+                    _ACCEPTED[kind] if detail is None else Outcome("accepted", kind, detail=detail)
+                )
             else:
                 detail = None
                 if type(event) is Order:
