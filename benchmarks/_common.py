@@ -72,7 +72,8 @@ def load_events(log: EventLog, events: Sequence[Event], bar: bool, label: str) -
     ) as progress:
         for i in range(0, len(events), APPEND_BATCH):
             chunk = events[i : i + APPEND_BATCH]
-            positions.extend(log.append([encode_event(e) for e in chunk]))
+            entries: list[Any] = [encode_event(e) for e in chunk]
+            positions.extend(log.append(entries))
             progress.update(len(chunk))
     return positions
 

@@ -46,6 +46,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +174,8 @@ def measure_big_state(
             record_anchor(record.fields),
             None if window is None else KeyWindow(window),
         )
-        encode_s, blob = best(lambda s=snapshot: encode_snapshot(s, DOMAIN), repeat)
-        body_s, body = best(lambda s=state: DOMAIN.encode_state(s), repeat)
+        encode_s, blob = best(partial(encode_snapshot, snapshot, DOMAIN), repeat)
+        body_s, body = best(partial(DOMAIN.encode_state, state), repeat)
         del snapshot
         out |= {
             "snapshot_bytes": len(blob),
@@ -188,9 +189,9 @@ def measure_big_state(
         digest = state_digest(state)
         del state, folder
         for name, store in stores.items():
-            write_s, _ = best(lambda s=store, b=blob: s.write(b, anchored), repeat)
+            write_s, _ = best(partial(store.write, blob, anchored), repeat)
             read_s, _ = best(store.read, repeat)
-            restore_s, runner = best_self_timed(lambda s=store: _restore(log, s, window), repeat)
+            restore_s, runner = best_self_timed(partial(_restore, log, store, window), repeat)
             if DOMAIN.digest(runner.state) != digest:
                 failures.append(f"{users:,} users: restore from the {name} store: another state")
             del runner
@@ -200,11 +201,9 @@ def measure_big_state(
                 "read_s": read_s,
                 "restore_s": restore_s,
             }
-        out["decode_snapshot_s"], _ = best(
-            lambda b=blob: decode_snapshot(b, DOMAIN, window), repeat
-        )
-        out["decode_state_s"], _ = best(lambda b=body: DOMAIN.decode_state(b), repeat)
-        state_bytes, restored = _retained(lambda b=body: DOMAIN.decode_state(b))
+        out["decode_snapshot_s"], _ = best(partial(decode_snapshot, blob, DOMAIN, window), repeat)
+        out["decode_state_s"], _ = best(partial(DOMAIN.decode_state, body), repeat)
+        state_bytes, restored = _retained(partial(DOMAIN.decode_state, body))
         del restored, blob, body
         out["state_bytes"] = state_bytes
         out["state_bytes_per_user"] = state_bytes / users

@@ -33,6 +33,7 @@ import gc
 import json
 import tracemalloc
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from shop_adapters.catchup import consume
@@ -54,7 +55,8 @@ APPEND_BATCH = 10_000
 
 def keyed_entry(event: Event, key: str | None) -> dict[str | bytes, str | bytes | int]:
     """The v1 wire entry of ``event``, with the idempotency key field when ``key`` is given."""
-    entry: dict[str | bytes, str | bytes | int] = dict(encode_event(event))
+    entry: dict[str | bytes, str | bytes | int] = {}
+    entry.update(encode_event(event))
     if key is not None:
         entry[KEY_FIELD] = key.encode()
     return entry
@@ -143,9 +145,7 @@ def measure_keys(
     digests: dict[str, str] = {}
     for _ in range(max(1, repeat)):
         for name, (log, kw) in cases.items():  # alternate, keep the best of each
-            s, result = best_self_timed(
-                lambda log=log, kw=kw: runner_replay(log, batch=batch, key_window=kw), 1
-            )
+            s, result = best_self_timed(partial(runner_replay, log, batch=batch, key_window=kw), 1)
             seconds[name] = min(seconds[name], s)
             digests[name] = state_digest(result.state)
             del result

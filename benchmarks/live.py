@@ -159,7 +159,7 @@ def _check(
         failures.append(f"live {keys.stream}: the runner exited {info.get('returncode')}")
     if summary.get("digest") != expected:
         failures.append(f"live {keys.stream}: the runner's digest differs from the fold")
-    outcomes = int(client.xlen(keys.outcomes))  # type: ignore[arg-type]
+    outcomes = int(client.xlen(keys.outcomes))
     if outcomes != count:
         failures.append(f"live {keys.stream}: {outcomes} outcomes for {count} entries")
     return failures
@@ -178,7 +178,7 @@ def _follow(
         deadline = time.monotonic() + seconds + 120
         produced: int | None = None
         while time.monotonic() < deadline:
-            samples.append((time.monotonic_ns(), int(client.xlen(keys.outcomes))))  # type: ignore[arg-type]
+            samples.append((time.monotonic_ns(), int(client.xlen(keys.outcomes))))
             if produced is None and producer.poll() is not None:
                 produced = _finish(producer, out, "the producer")["count"]
                 produced_result = json.loads(out.read_text())

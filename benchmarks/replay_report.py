@@ -283,26 +283,29 @@ def targets(results: Results) -> list[Target]:
     t = results.travel
     if t:
         na_t = "" if t["n"] == BIG else f"n/a at these sizes (defined at 1M events; {_n(t['n'])})"
-        slow = [row for row in t["targets"] if row["ratio"] >= 0.1]
-        oldest = min(t["chain"]) if t["chain"] else None
-        why = (
-            f"{len(slow)} of {len(t['targets'])} targets over a tenth ("
-            + ", ".join(f"{_n(row['records'])}: {row['ratio']:.0%}" for row in slow)
-            + f"); the chain keeps {len(t['chain'])} snapshots, the oldest at "
-            + (f"{oldest:,} records" if oldest else "none")
-            + "; a target before it is folded from the origin"
-        )
-        met = None if na_t else t["ratio"] < 0.1
-        out.append(
-            Target(
-                "inspect state --at with a snapshot chain < 1/10 of a from-scratch fold",
-                f"{t['travel_s']:.2f} s vs {t['scratch_s']:.2f} s over {len(t['targets'])} "
-                f"targets = **{t['ratio']:.1%}** (worst target {t['worst_ratio']:.0%})",
-                met,
-                why if met is False or slow else "",
-                na_t,
+        for c in t["chains"]:
+            slow = [row for row in c["rows"] if row["ratio"] >= 0.1]
+            oldest = min(c["chain"]) if c["chain"] else None
+            why = (
+                f"{len(slow)} of {len(c['rows'])} targets over a tenth ("
+                + ", ".join(f"{_n(row['records'])}: {row['ratio']:.0%}" for row in slow)
+                + f"); the chain keeps {len(c['chain'])} snapshots, the oldest at "
+                + (f"{oldest:,} records" if oldest else "none")
+                + ": a target before it is folded from the origin, one after it from the "
+                f"nearest snapshot, up to {c['policy']['every']:,} records back"
             )
-        )
+            met = None if na_t else c["ratio"] < 0.1
+            out.append(
+                Target(
+                    f"inspect state --at, chain of {c['name']} (at most "
+                    f"{c['policy']['limit']}): < 1/10 of a from-scratch fold",
+                    f"{c['travel_s']:.2f} s vs {t['scratch_s']:.2f} s over {len(c['rows'])} "
+                    f"targets = **{c['ratio']:.1%}** (worst target {c['worst_ratio']:.0%})",
+                    met,
+                    why if slow else "",
+                    na_t,
+                )
+            )
 
     # Every digest equal.
     out.append(
@@ -444,8 +447,8 @@ def _replay_section(results: Results, add: Any) -> None:
         add("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for row in results.breakdown:
             us = row["us"]
-            r = _run(results, row["backend"], row["n"])
-            raw = 1e6 * r.raw_read_s / r.n if r else float("nan")
+            same = _run(results, row["backend"], row["n"])
+            raw = 1e6 * same.raw_read_s / same.n if same else float("nan")
             ratio = f"{us['total'] / raw:.1f}x" if row["backend"] != "memory" else "-"
             add(
                 f"| {row['backend']} | {'on' if row['journal'] else 'off'} | {us['read']:.2f} "
@@ -622,39 +625,55 @@ def _travel_section(results: Results, add: Any) -> None:
     t = results.travel
     if not t:
         return
-    pol = t["policy"]
+    chains = t["chains"]
     add("## Time travel (`inspect state --at`)")
     add("")
     add(
-        f"A {_n(t['n'])}-event log on {t['backend']}; the real runner folded it with a "
-        f"snapshot every {t['snapshot_every']:,} records and a history keeping the last "
-        f"{pol['last']}, plus one every {pol['every']:,} records, at most {pol['limit']} "
-        "(the command line's defaults): the chain holds snapshots at "
-        + ", ".join(_n(x) if x % 1000 == 0 else f"{x:,}" for x in t["chain"])
-        + " records. *time travel*: `shop_adapters.inspect_commands.state_at` (what `inspect "
-        "state --at` runs) from the nearest snapshot, best of the runs; *from scratch*: the "
-        "same with no snapshot and no history. Both give the digest of the fold up to the "
-        "target ([benchmarks/time_travel.py](../time_travel.py))."
+        f"A {_n(t['n'])}-event log on {t['backend']}. *From scratch*: "
+        "`shop_adapters.inspect_commands.state_at` (what `inspect state --at` runs) with no "
+        "snapshot and no history, one run. Then, for each chain, the real runner folded the "
+        f"log with a snapshot every {t['snapshot_every']:,} records into a fresh history, "
+        "and *time travel* is `state_at` from the nearest snapshot, best of the runs. Every "
+        "state has the digest of the fold up to the target "
+        "([benchmarks/time_travel.py](../time_travel.py))."
     )
     add("")
-    add(
-        "| target (records) | started from | records folded | time travel ms "
-        "| from scratch ms | ratio |"
-    )
-    add("|---:|---|---:|---:|---:|---:|")
-    for row in t["targets"]:
+    for i, c in enumerate(chains):
+        pol = c["policy"]
         add(
-            f"| {row['records']:,} | {_start(row)} | {row['folded']:,} "
-            f"| {_ms(row['travel_s'])} | {_ms(row['scratch_s'])} | **{row['ratio']:.1%}** |"
+            f"- chain {i + 1}, {c['name']}: the last {pol['last']}, plus one every "
+            f"{pol['every']:,} records, at most {pol['limit']}; it holds snapshots at "
+            + ", ".join(_n(x) if x % 1000 == 0 else f"{x:,}" for x in c["chain"])
+            + " records."
         )
-    add(f"| **all** | | | {_ms(t['travel_s'])} | {_ms(t['scratch_s'])} | **{t['ratio']:.1%}** |")
+    add("")
+    head = "| target (records) | from scratch ms |"
+    rule = "|---:|---:|"
+    for i in range(len(chains)):
+        head += f" chain {i + 1}: started from | folded | time travel ms | ratio |"
+        rule += "---|---:|---:|---:|"
+    add(head)
+    add(rule)
+    for j, row in enumerate(t["targets"]):
+        line = f"| {row['records']:,} | {_ms(row['scratch_s'])} |"
+        for c in chains:
+            r = c["rows"][j]
+            line += (
+                f" {_start(r)} | {r['folded']:,} | {_ms(r['travel_s'])} | **{r['ratio']:.1%}** |"
+            )
+        add(line)
+    line = f"| **all** | {_ms(t['scratch_s'])} |"
+    for c in chains:
+        line += f" | | {_ms(c['travel_s'])} | **{c['ratio']:.1%}** |"
+    add(line)
     add("")
     c = t.get("command")
     if c:
         add(
-            f"The command itself, `{' '.join(c['argv'])}`, as a process: **{c['wall_s']:.2f} s** "
-            "wall (the interpreter's start and imports included), exit status "
-            f"{c['returncode']}, digest {'equal' if c['digest'] else 'missing'}."
+            f"The command itself, `{' '.join(c['argv'])}`, as a process (on the chain of "
+            f"{c['chain']}): **{c['wall_s']:.2f} s** wall, the interpreter's start and imports "
+            f"included; exit status {c['returncode']}, digest "
+            f"{'equal' if c['digest'] else 'missing'}."
         )
         add("")
 
@@ -750,12 +769,19 @@ def _durations_section(results: Results, add: Any) -> None:
     d = results.meta.get("durations", {})
     if not d:
         return
+    cpu = results.meta.get("cpu", {})
     add("## Where the run's time went")
     add("")
-    add("| part | seconds |")
-    add("|---|---:|")
+    add(
+        "Wall seconds per part, and CPU seconds (user + system of this process and of the "
+        "child processes it waited for; a private redis-server's own CPU is not counted)."
+    )
+    add("")
+    add("| part | wall s | CPU s |")
+    add("|---|---:|---:|")
     for name, seconds in d.items():
-        add(f"| {name} | {seconds:,.1f} |")
+        c = cpu.get(name)
+        add(f"| {name} | {seconds:,.1f} | {'' if c is None else f'{c:,.1f}'} |")
     add("")
 
 

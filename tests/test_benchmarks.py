@@ -12,6 +12,7 @@ from __future__ import annotations
 import doctest
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,7 +60,8 @@ def test_no_progress_bars_when_stderr_is_not_a_terminal() -> None:
 def test_the_breakdown_adds_up_to_the_runners_time() -> None:
     log = MemoryLog()
     events = list(synthetic_events(3_000))
-    log.append([encode_event(e) for e in events])
+    entries: list[Any] = [encode_event(e) for e in events]
+    log.append(entries)
     stages = staged_replay(log, batch=1_000, key_window=100, journal=MemoryOutcomeJournal())
     assert stages.records == 3_000
     assert stages.digest == state_digest(fold(events))
@@ -141,7 +143,8 @@ def test_benchmark_runs_on_tiny_sizes_and_digests_agree(
     assert data["writer"]["runs"][2]["snapshots_written"] >= 1
     assert data["keys"]["ok"]
     assert data["travel"]["failures"] == [] and len(data["travel"]["targets"]) == 8
-    assert all(row["ok"] for row in data["travel"]["targets"])
+    assert [c["policy"]["limit"] for c in data["travel"]["chains"]] == [12, 8]
+    assert all(row["ok"] for c in data["travel"]["chains"] for row in c["rows"])
     assert data["travel"]["command"]["returncode"] == 0
     assert data["big"]["users"] == 2000 and data["big"]["failures"] == []
     assert data["big"]["rss"]["peak_end"] >= data["big"]["rss"]["peak_restored"] > 0
