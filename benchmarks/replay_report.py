@@ -401,7 +401,7 @@ def _replay_section(results: Results, add: Any) -> None:
         "script). *decode only*: `decode_records` on records already read. *dict fold*: "
         "`fold_dicts` on decoded events. *serial limit*: n / (raw read + decode only + dict "
         "fold seconds), each stage at its ceiling, one after the other. *fold per batch*: the "
-        "naive loop (`shop_core.fold` per batch, default GC)."
+        "naive loop (`shop_core.fold` per batch, default GC), one run."
     )
     add("")
     add(
@@ -774,7 +774,7 @@ def _durations_section(results: Results, add: Any) -> None:
     add("")
     add(
         "Wall seconds per part, and CPU seconds (user + system of this process and of the "
-        "child processes it waited for; a private redis-server's own CPU is not counted)."
+        "child processes it waited for; the private redis-server's own CPU on its line)."
     )
     add("")
     add("| part | wall s | CPU s |")
@@ -782,6 +782,8 @@ def _durations_section(results: Results, add: Any) -> None:
     for name, seconds in d.items():
         c = cpu.get(name)
         add(f"| {name} | {seconds:,.1f} | {'' if c is None else f'{c:,.1f}'} |")
+    if "redis-server" in cpu:
+        add(f"| the private redis-server (its own CPU) | | {cpu['redis-server']:,.1f} |")
     add("")
 
 
