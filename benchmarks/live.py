@@ -191,11 +191,12 @@ def _follow(
     failures = _check(info, client, keys, produced, a)
     prod_s = (produced_result["ended_ns"] - produced_result["started_ns"]) / 1e9
     lo, hi = 0.1 * produced, 0.9 * produced
-    t_lo = next(t for t, c in samples if c >= lo)
-    t_hi = next(t for t, c in samples if c >= hi)
-    c_lo = next(c for t, c in samples if c >= lo)
-    c_hi = next(c for t, c in samples if c >= hi)
-    rate = (c_hi - c_lo) / max(1e-9, (t_hi - t_lo) / 1e9)
+    t_lo, c_lo = next((t, c) for t, c in samples if c >= lo)
+    t_hi, c_hi = next((t, c) for t, c in samples if c >= hi)
+    if t_hi - t_lo >= 200_000_000:
+        rate = (c_hi - c_lo) / ((t_hi - t_lo) / 1e9)
+    else:  # too few samples between 10% and 90%: the whole run, a lower bound
+        rate = produced / ((samples[-1][0] - produced_result["started_ns"]) / 1e9)
     # Outcomes published by the time the producer finished: the runner's lag then.
     end_ns = produced_result["ended_ns"]
     at_end = max((c for t, c in samples if t <= end_ns), default=0)
@@ -247,6 +248,8 @@ def _latency(
         for i, r in zip(produced["ids"], produced["returned_ns"], strict=True)
         if r >= warm and i in when
     ]
+    fifth = max(1, len(lat) // 5)
+    first, last = quantile(lat[:fifth], 0.5), quantile(lat[-fifth:], 0.5)
     missing = sum(1 for i in produced["ids"] if i not in when)
     if missing:
         failures.append(f"live {rate:,.0f}/s: {missing} outcomes never seen by the observer")
@@ -262,6 +265,10 @@ def _latency(
             "p99_ms": quantile(lat, 0.99),
             "max_ms": max(lat) if lat else float("nan"),
             "min_ms": min(lat) if lat else float("nan"),
+            "first_fifth_p50_ms": first,
+            "last_fifth_p50_ms": last,
+            # Queueing: the latency kept growing, the runner fell behind the rate.
+            "kept_up": not (last > 50 and last > 10 * max(first, 0.1)),
         },
         failures,
     )
@@ -375,12 +382,17 @@ def markdown(live: dict[str, Any]) -> list[str]:
         f"{live['warmup_s']:g} s left out):"
     )
     add("")
-    add("| target rate ev/s | achieved ev/s | entries measured | p50 ms | p99 ms | max ms |")
-    add("|---:|---:|---:|---:|---:|---:|")
+    add(
+        "| target rate ev/s | achieved ev/s | entries measured | **p50 ms** | **p99 ms** "
+        "| max ms | p50 first → last fifth, ms | runner kept up |"
+    )
+    add("|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in live.get("latency", []):
         add(
             f"| {r['rate']:,.0f} | {r['achieved_rate']:,.0f} | {r['measured']:,} "
-            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} |"
+            f"| **{r['p50_ms']:.2f}** | **{r['p99_ms']:.2f}** | {r['max_ms']:.1f} "
+            f"| {r['first_fifth_p50_ms']:.1f} → {r['last_fifth_p50_ms']:.1f} "
+            f"| {'yes' if r['kept_up'] else '**no**: latency grew while the backlog did'} |"
         )
     add("")
     s = live.get("submit")

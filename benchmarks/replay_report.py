@@ -358,10 +358,10 @@ def _header(results: Results, add: Any) -> None:
         f"seed={m['seed']})`: 40% TopUp, 20% AddItem, 40% Order |"
     )
     window = m.get("key_window")
+    keys = f"idempotency keys honoured (window {window:,} records)" if window else "keys off"
     add(
         "| The runner | `shop_adapters.runner.Runner` as the command line configures it: "
-        f"reads of {m['batch']:,} records with read-ahead, idempotency keys honoured "
-        f"(window {window:,} records)" + (" |" if window else " (keys off) |")
+        f"reads of {m['batch']:,} records with read-ahead, {keys} |"
     )
     total = m.get("durations", {}).get("total")
     if total:
@@ -555,20 +555,22 @@ def _writer_section(results: Results, add: Any) -> None:
         "while the fold goes on; the latest hand-off wins), then written by a forked child "
         "(`snapshot_in_child`, like Redis's BGSAVE: the parent pays the fork). Best of "
         f"{m['repeat']} alternating runs each. *batch*: from one batch report of the runner's "
-        "observer to the next (read wait + decode + fold + outcomes + the snapshot hand-off)."
+        "observer to the next (read wait + decode + fold + outcomes + the snapshot hand-off). "
+        "*cost*: what snapshotting adds per event (1/rate - 1/rate without)."
     )
     add("")
     add(
-        "| snapshots | events/s | **vs none** | batch p50 ms | batch p99 ms | batch max ms "
-        "| due | written | write ms (thread) | fork ms (parent) |"
+        "| snapshots | events/s | **vs none** | cost µs/event | batch p50 ms | batch p99 ms "
+        "| batch max ms | due | written | write ms (thread) | fork ms (parent) |"
     )
-    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = w["runs"][0]["rate"]
     for r in w["runs"]:
         wm = "-" if r["write_mean_ms"] is None else f"{r['write_mean_ms']:.1f}"
         fm = "-" if r["fork_mean_ms"] is None else f"{r['fork_mean_ms']:.1f}"
+        cost = 1e6 / r["rate"] - 1e6 / base
         add(
-            f"| {r['mode']} | {r['rate']:,.0f} | **{r['rate'] / base:.0%}** "
+            f"| {r['mode']} | {r['rate']:,.0f} | **{r['rate'] / base:.0%}** | {cost:+.2f} "
             f"| {r['batch_p50_ms']:.1f} | {r['batch_p99_ms']:.1f} | {r['batch_max_ms']:.1f} "
             f"| {r['snapshots_due']} | {r['snapshots_written']} | {wm} | {fm} |"
         )
@@ -736,8 +738,12 @@ def _memory_section(results: Results, add: Any) -> None:
             f"{base['maxrss_bytes'] / MIB:,.0f} MiB; excess "
             f"{max(0, rep['maxrss_bytes'] - base['maxrss_bytes']) / MIB:,.0f} MiB; that "
             f"fresh process replayed at {_rate(rep['events'], rep['seconds'])} ev/s, one run). "
-            "`VmHWM` from `/proc/self/status` in the child (a file log is scanned through "
-            "`mmap` when opened: its pages count)."
+            "`VmHWM` from `/proc/self/status` in the child"
+            + (
+                " (a file log is scanned through `mmap` when opened: its pages count)."
+                if rss["backend"] == "file"
+                else "."
+            )
         )
     st = mem.get("state")
     if st:

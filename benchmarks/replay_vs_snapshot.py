@@ -694,9 +694,14 @@ def _parser() -> argparse.ArgumentParser:
         "the command line; 'none': keys ignored)",
     )
     p.add_argument(
-        "--peer-max", type=int, default=None, help="largest size for eventsourcing (100k)"
+        "--peer-max",
+        type=_one_size,
+        default=None,
+        help="largest size for eventsourcing (default 100k; quick 20k; 0: none)",
     )
-    p.add_argument("--snapshot-every", type=int, default=10_000, help="for the runner comparison")
+    p.add_argument(
+        "--snapshot-every", type=_one_size, default=10_000, help="for the runner comparison"
+    )
     p.add_argument(
         "--big-users",
         type=_one_size,
@@ -709,7 +714,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--history-every",
-        type=int,
+        type=_one_size,
         default=100_000,
         help="time travel: the chains keep one snapshot every this many records (100k)",
     )
