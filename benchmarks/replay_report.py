@@ -775,7 +775,7 @@ def _durations_section(results: Results, add: Any) -> None:
     d = results.meta.get("durations", {})
     if not d:
         return
-    cpu = results.meta.get("cpu", {})
+    cpu = results.meta.get("cpu_seconds", {})
     add("## Where the run's time went")
     add("")
     add(

@@ -788,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         "peer_max": a.peer_max,
         "snapshot_every": a.snapshot_every,
         "durations": {},
-        "cpu": {},
+        "cpu_seconds": {},
     }
     results = Results(meta=meta)
     started = time.perf_counter()
@@ -808,9 +808,9 @@ def main(argv: list[str] | None = None) -> int:
             meta["redis_version"] = _redis_version(redis_url)
         _run(a, results, workdir, redis_url)
         if redis_url is not None and a.redis_url is None:
-            meta["cpu"]["redis-server"] = _redis_cpu(redis_url)
+            meta["cpu_seconds"]["redis-server"] = _redis_cpu(redis_url)
     meta["durations"]["total"] = time.perf_counter() - started
-    meta["cpu"]["total"] = _Clock._cpu()
+    meta["cpu_seconds"]["total"] = _Clock._cpu()
     from .replay_report import write_report
 
     paths = write_report(results, a.out)
@@ -879,7 +879,7 @@ def _run(a: argparse.Namespace, results: Results, workdir: Path, redis_url: str 
     steps += sum(2 for s in a.sizes if s <= a.peer_max)
     overall = tqdm(total=steps, desc="benchmark", unit="step", disable=not a.progress)
     say = overall.write if a.progress else print
-    clock = _Clock(results.meta["durations"], results.meta["cpu"])
+    clock = _Clock(results.meta["durations"], results.meta["cpu_seconds"])
     try:
         for n in a.sizes:
             with clock.part(f"{n}: workload and fold"):

@@ -119,6 +119,7 @@ def test_benchmark_runs_on_tiny_sizes_and_digests_agree(
 
     assert png.startswith(b"\x89PNG")
     assert data["failures"] == []
+    assert isinstance(data["meta"]["cpu"], str) and data["meta"]["cpu_seconds"]["total"] > 0
     assert {(r["backend"], r["n"]) for r in data["runs"]} == {
         (b, n) for b in ("memory", "file", "redis") for n in (500, 2000)
     }
