@@ -389,7 +389,7 @@ def _targets_section(results: Results, add: Any) -> None:
         "figure at the size that was."
     )
     add("")
-    add("| Target | Measured | Status | Why (when missed) |")
+    add("| Target | Measured | Status | Why: the measured reason (missed, or not judged) |")
     add("|---|---|---|---|")
     for t in targets(results):
         add(f"| {t.name} | {t.measured} | **{t.status}** | {t.why} |")
@@ -595,7 +595,8 @@ def _keys_section(results: Results, add: Any) -> None:
         "([benchmarks/idempotency_keys.py](../idempotency_keys.py)), best of the runs, "
         "alternating: every entry with its own key (as the `synthetic` producer writes them), "
         f"the same entries without keys (window {k['window']:,} records, none present), and "
-        "the runner with keys off (`key_window=None`). Per event from one instrumented run each."
+        "the runner with keys off (`key_window=None`). Every run instrumented "
+        "([benchmarks/_stages.py](../_stages.py)); per event from the best run of each."
     )
     add("")
     add(

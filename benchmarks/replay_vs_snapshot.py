@@ -1,8 +1,12 @@
 """Benchmark: replay and restore of the real runner, beside their limits and a peer.
 
-Default run (about 12 minutes on 2 quiet cores; see ``--help`` for the parts):
-``python -m benchmarks.replay_vs_snapshot``. Quick check (a few minutes,
+Default run (estimated at about 11 minutes on 2 quiet cores, 10 to 14; the
+report ends with the wall and CPU seconds of every part):
+``python -m benchmarks.replay_vs_snapshot``. Quick check (about 3 minutes,
 writes to a temporary folder): ``python -m benchmarks.replay_vs_snapshot --quick``.
+Heavier variants behind options: ``--with-10m`` (10M events: about 10 GB and
+an hour), ``--sizes``, ``--repeat``, ``--big-users``, ``--keys-events``,
+``--live-seconds``.
 
 Workload: ``shop_adapters.shop_domain.workload.synthetic_events(n, users=10_000,
 items=100, seed)``. Every figure is the best of ``--repeat`` runs (restore: at
