@@ -675,7 +675,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sizes", type=parse_sizes, default=None, help="default 10k,100k,1M")
     p.add_argument(
-        "--with-10m", action="store_true", help="add 10M to the sizes (about 10 GB, an hour)"
+        "--with-10m",
+        action="store_true",
+        help="add 10M to the sizes (its backends only: several GB and most of an hour)",
     )
     p.add_argument("--backends", type=_parse_backends, default=list(BACKENDS))
     p.add_argument("--seed", type=int, default=42)
@@ -747,7 +749,10 @@ def _parser() -> argparse.ArgumentParser:
         help="append-to-outcome latency at these rates, events/s (default 1000,10000)",
     )
     p.add_argument(
-        "--redis-url", default=None, help="use this Redis instead of starting a private one"
+        "--redis-url",
+        default=None,
+        help="use this Redis instead of starting a private one (its bench:* keys are "
+        "deleted; port 6379, a machine's shared Redis, is refused)",
     )
     p.add_argument(
         "--progress",
@@ -777,6 +782,14 @@ def options(argv: Sequence[str]) -> argparse.Namespace:
     if a.live_seconds is None:
         a.live_seconds = 3.0 if a.quick else 10.0
     a.progress = show_progress(a.progress)
+    if a.redis_url is not None:
+        from urllib.parse import urlsplit
+
+        if (urlsplit(a.redis_url).port or 6379) == 6379:
+            raise SystemExit(
+                "--redis-url: port 6379 is refused (a machine's shared Redis); the "
+                "benchmark deletes its bench:* keys. Leave it out to start a private one."
+            )
     if a.out is None:
         a.out = Path(tempfile.mkdtemp(prefix="shop-bench-quick-")) if a.quick else RESULTS
     return a

@@ -51,6 +51,13 @@ def test_quick_writes_to_a_temporary_folder_unless_told() -> None:
     assert options([]).out == RESULTS and options([]).sizes[-1] == 1_000_000
 
 
+def test_the_shared_redis_is_refused() -> None:
+    with pytest.raises(SystemExit, match="6379"):
+        options(["--redis-url", "redis://127.0.0.1:6379/0"])
+    with pytest.raises(SystemExit, match="6379"):
+        options(["--redis-url", "redis://localhost"])
+
+
 def test_no_progress_bars_when_stderr_is_not_a_terminal() -> None:
     # pytest captures stderr: it is not a terminal.
     assert options([]).progress is False
