@@ -75,6 +75,7 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -791,8 +792,14 @@ def options(argv: Sequence[str]) -> argparse.Namespace:
                 "benchmark deletes its bench:* keys. Leave it out to start a private one."
             )
     if a.out is None:
-        a.out = Path(tempfile.mkdtemp(prefix="shop-bench-quick-")) if a.quick else RESULTS
+        a.out = _quick_out() if a.quick else RESULTS
     return a
+
+
+def _quick_out() -> Path:
+    """A new folder name under the system's temporary directory (created when written)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(tempfile.gettempdir()) / f"shop-bench-quick-{stamp}-{os.getpid()}"
 
 
 def main(argv: list[str] | None = None) -> int:
