@@ -16,51 +16,114 @@ from .errors import IntegrityError
 from .logs.file import FileLog
 from .protocols import ORIGIN, DeadLetter, EventLog, LogHistory, Position, Record
 
-__all__ = ["POSITION_FIELD", "ArchivedLog", "archive_below"]
+__all__ = ["POSITION_FIELD", "STREAM_FIELD", "ArchivedLog", "archive_below", "find_archived"]
 
 POSITION_FIELD = b"\x00position"
 """The field of an archived record that holds its position in the original log."""
+STREAM_FIELD = b"\x00stream"
+"""The field of an archived record that names the stream it was trimmed from."""
 
 
 def _original(record: Record, path: object) -> Record:
     fields = dict(record.fields)
+    fields.pop(STREAM_FIELD, None)
     raw = fields.pop(POSITION_FIELD, None)
     if raw is None:
         raise IntegrityError(f"{path}: record {record.position} is not an archived record")
     return Record(Position.parse(raw), fields)
 
 
-def archive_below(log: EventLog, archive: FileLog, below: Position, batch: int = 10_000) -> int:
-    """Append to ``archive`` the records of ``log`` before ``below`` that it does not
-    hold yet (those after its last archived position); returns how many. Each
-    ``append`` is synced (the file log's ``batch`` policy) before it returns.
-    Raises ``IntegrityError`` if ``log`` no longer holds the records between
-    the archive's end and ``below`` (they were trimmed unarchived)."""
+def find_archived(archive: FileLog, position: Position) -> Record | None:
+    """The archived record of original ``position`` (binary search: archived
+    positions increase), or ``None``."""
+    lo, hi = 1, archive.last_position().major
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        stored = archive.read_at(Position(mid, 0))
+        assert stored is not None
+        record = _original(stored, archive.path)
+        if record.position == position:
+            return record
+        if record.position < position:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return None
+
+
+def _stream_of(archive: FileLog) -> str | None:
+    last = archive.last_position()
+    if last == ORIGIN:
+        return None
+    tail = archive.read_at(last)
+    assert tail is not None
+    raw = tail.fields.get(STREAM_FIELD)
+    return None if raw is None else raw.decode("utf-8", "replace")
+
+
+def archive_below(
+    log: EventLog, archive: FileLog, below: Position, stream: str, batch: int = 10_000
+) -> int:
+    """Append to ``archive`` the records of ``log`` (the stream named ``stream``)
+    before ``below`` that it does not hold yet; returns how many. Each ``append``
+    is synced (the file log's ``batch`` policy) before it returns.
+
+    Then checks that the archive holds every record of ``log`` before ``below``
+    (the first and the last of them, with the same fields), so that trimming
+    them loses nothing. Raises ``IntegrityError`` (nothing to trim then) if the
+    archive holds another stream's records, or does not cover the log's (they
+    were trimmed unarchived, or the archive ran ahead of a replaced stream).
+    """
+    owner = _stream_of(archive)
+    if owner is not None and owner != stream:
+        raise IntegrityError(
+            f"{archive.path} archives the stream {owner!r}, not {stream!r}: use one archive "
+            "file per stream"
+        )
     last = archive.last_position()
     after = ORIGIN
     if last != ORIGIN:
         tail = archive.read_at(last)
         assert tail is not None
         after = _original(tail, archive.path).position
-    deleted = log.history().max_deleted
-    if deleted is not None and deleted > after:
-        raise IntegrityError(
-            f"the archive ends at {after} but record {deleted} after it was deleted from "
-            "the log unarchived: the archive cannot cover the log's history any more"
-        )
     copied = 0
     while True:
         records = [r for r in log.read_after(after, batch) if r.position < below]
         if not records:
-            return copied
+            break
         entries: list[dict[str | bytes, str | bytes | int]] = []
         for r in records:
             entry: dict[str | bytes, str | bytes | int] = dict(r.fields.items())
             entry[POSITION_FIELD] = str(r.position).encode()
+            entry[STREAM_FIELD] = stream.encode()
             entries.append(entry)
         archive.append(entries)
         copied += len(records)
         after = records[-1].position
+    _check_covered(log, archive, below)
+    return copied
+
+
+def _check_covered(log: EventLog, archive: FileLog, below: Position) -> None:
+    """``IntegrityError`` unless ``archive`` holds the first and the last record of
+    ``log`` before ``below``, with their fields."""
+    first = log.read_after(ORIGIN, 1)
+    if not first or first[0].position >= below:
+        return  # nothing to trim
+    ends = [first[0]]
+    # The last record before ``below`` (reading backwards is not in the protocol).
+    last = first[0]
+    while batch := [r for r in log.read_after(last.position, 10_000) if r.position < below]:
+        last = batch[-1]
+    ends.append(last)
+    for record in ends:
+        archived = find_archived(archive, record.position)
+        if archived is None or dict(archived.fields) != dict(record.fields):
+            what = "does not hold" if archived is None else "holds other fields for"
+            raise IntegrityError(
+                f"{archive.path} {what} the record {record.position} of the log, which "
+                "would be trimmed: refusing to trim what the archive does not cover"
+            )
 
 
 class ArchivedLog:
@@ -160,8 +223,8 @@ class ArchivedLog:
         )
 
     def dead_letter(self, letter: DeadLetter) -> bool:
-        """Refused: an archived log is read-only (``TypeError``)."""
-        raise TypeError("an archived log is read-only")
+        """The log's dead-letter sink (an archived record's dead letter goes there too)."""
+        return self.log.dead_letter(letter)
 
     def dead_letters(self) -> list[DeadLetter]:
         """The log's dead letters."""

@@ -358,6 +358,8 @@ def check_continuity(
             f"entries up to {h.max_deleted} were deleted"
             if h.max_deleted is not None
             else f"{deleted} entries before its first record {h.first} were deleted"
+            if deleted > 0
+            else f"its first record is {h.first}, after records that are missing"
         )
         raise GapError(
             f"the log's history is incomplete: {what}; a replay from scratch cannot "

@@ -238,15 +238,23 @@ def connection_options(f: F) -> F:
     return f
 
 
-def resolve_url(redis_url: str | None, data_dir: Path) -> str:
+def resolve_url(redis_url: str | None, data_dir: Path, *, create: bool = True) -> str:
     """``redis_url`` if given, else the URL of the embedded Redis in ``data_dir``
-    (started if needed by :func:`shop_adapters.embedded_redis.ensure_embedded`).
+    (started if needed by :func:`shop_adapters.embedded_redis.ensure_embedded`;
+    with ``create=False``, only if that directory already has one: a read-only
+    tool must not leave a new server behind).
 
     Raises ``click.ClickException`` if the embedded server cannot start.
     """
     if redis_url:
         return redis_url
-    from .embedded_redis import RedisServerError, ensure_embedded
+    from .embedded_redis import RedisServerError, embedded_status, ensure_embedded
+
+    if not create and embedded_status(data_dir) is None:
+        raise click.ClickException(
+            f"no embedded Redis in {data_dir}: nothing was ever produced or run there. "
+            "Give the --data-dir of your runner (or run from its directory), or --redis-url"
+        )
 
     try:
         url = ensure_embedded(Path(data_dir))

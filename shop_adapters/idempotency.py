@@ -34,14 +34,32 @@ True
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
+
+import msgspec
 
 from .domain import Outcome
 from .protocols import Position
+
+_Nat = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Window(msgspec.Struct, forbid_unknown_fields=True):
+    size: Annotated[int, msgspec.Meta(ge=1)]
+    keys: list[Annotated[str, msgspec.Meta(min_length=1)]]
+    index: list[_Nat]
+    major: list[_Nat]
+    minor: list[_Nat]
+    fingerprint: str
+    outcomes: list[msgspec.Raw]
+    outcome: list[Annotated[int, msgspec.Meta(ge=-1)]]
+
+
+_ENCODE = msgspec.json.Encoder().encode
+_DECODE = msgspec.json.Decoder(_Window).decode
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -181,37 +199,66 @@ class KeyWindow:
     # -- snapshots --------------------------------------------------------------------
 
     def encode(self) -> bytes:
-        """Canonical JSON of the window, in the order keys were remembered:
-        ``{"size": n, "keys": [[key, index, position, fingerprint hex, outcome], ...]}``
-        (the key as UTF-8 text, the outcome as :meth:`Outcome.to_json`)."""
-        rows = []
-        for _, key in self._order:
-            r = self._keys[key]
-            outcome = None if r.outcome is None else r.outcome.to_json()
-            rows.append([key.decode(), r.index, str(r.position), r.fingerprint.hex(), outcome])
-        return json.dumps({"size": self.size, "keys": rows}, separators=(",", ":")).encode()
+        """Canonical JSON of the window, columns in the order keys were remembered
+        (msgspec): ``{"size", "keys", "index", "major", "minor", "fingerprint"
+        (32 hex digits a key, joined), "outcomes" (each distinct outcome once, as
+        :meth:`Outcome.to_json`), "outcome" (an index into them, -1: not known)}``."""
+        order = [self._keys[k] for _, k in self._order]
+        table: dict[bytes, int] = {}
+        outcomes: list[bytes] = []
+        refs: list[int] = []
+        for r in order:
+            if r.outcome is None:
+                refs.append(-1)
+                continue
+            blob = _ENCODE(r.outcome.to_json())
+            ref = table.get(blob)
+            if ref is None:
+                ref = table[blob] = len(outcomes)
+                outcomes.append(blob)
+            refs.append(ref)
+        body = _Window(
+            self.size,
+            [k.decode() for _, k in self._order],
+            [r.index for r in order],
+            [r.position.major for r in order],
+            [r.position.minor for r in order],
+            b"".join(r.fingerprint for r in order).hex(),
+            [msgspec.Raw(o) for o in outcomes],
+            refs,
+        )
+        return _ENCODE(body)
 
     @classmethod
     def decode(cls, body: bytes) -> KeyWindow:
         """The window :meth:`encode` wrote; ``ValueError`` naming what is wrong otherwise."""
         try:
-            raw: Any = json.loads(body)
-            window = cls(raw["size"])
+            w = _DECODE(body)
+            window = cls(w.size)
+            n = len(w.keys)
+            if not n == len(w.index) == len(w.major) == len(w.minor) == len(w.outcome):
+                raise ValueError("the columns of the key window differ in length")
+            prints = bytes.fromhex(w.fingerprint)
+            if len(prints) != 16 * n:
+                raise ValueError("the fingerprints do not match the keys")
+            outcomes = [Outcome.from_json(msgspec.json.decode(o)) for o in w.outcomes]
             last = 0
-            for key, index, position, fp, outcome in raw["keys"]:
-                if type(index) is not int or index < last:
-                    raise ValueError(f"key indices must grow, got {index!r:.40}")
+            for i in range(n):
+                index = w.index[i]
+                if index < last:
+                    raise ValueError(f"key indices must grow, got {index}")
                 last = index
-                k = key.encode()
+                ref = w.outcome[i]
+                k = w.keys[i].encode()
                 window._keys[k] = Remembered(
                     index,
-                    Position.parse(position),
-                    bytes.fromhex(fp),
-                    None if outcome is None else Outcome.from_json(outcome),
+                    Position(w.major[i], w.minor[i]),
+                    prints[16 * i : 16 * i + 16],
+                    None if ref < 0 else outcomes[ref],
                 )
                 window._order.append((index, k))
-        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
-            raise ValueError(f"not a key window: {e!r:.120}") from None
+        except (msgspec.DecodeError, msgspec.ValidationError, IndexError, KeyError, TypeError) as e:
+            raise ValueError(f"not a key window: {e}") from None
         if len(window._keys) != len(window._order):
             raise ValueError("a key appears twice in the key window")
         return window

@@ -41,7 +41,7 @@ from returns.result import Failure, Success
 
 from . import audit
 from .archive import ArchivedLog, archive_below
-from .catchup import Replayed, replay
+from .catchup import Replayed, record_anchor, replay
 from .cli_common import (
     CleanErrorsCommand,
     CleanErrorsGroup,
@@ -118,7 +118,7 @@ class _Ctx:
 
     def _connect(self) -> tuple[RedisStreamLog, RedisSnapshotStore]:
         if self._log is None or self._store is None:
-            url = resolve_url(self._redis_url, self._data_dir)
+            url = resolve_url(self._redis_url, self._data_dir, create=False)
             _log.info("stream %s at %s", self.stream, mask_url(url))
             client = make_client(url)
             self._log = RedisStreamLog(client, self.keys.stream, self.keys.dead)
@@ -264,7 +264,8 @@ def state_at(obj: _Ctx, until: Position | None) -> StateAt:
     if last == ORIGIN:
         notes.append(f"warning: stream {obj.stream} does not exist or is empty")
     elif until is not None and until > last:
-        notes.append(f"{until} is beyond the end of the log, which ends at {last}: showing {last}")
+        target = f"{until.major} (ms)" if until.minor == _MAX_SEQ else str(until)
+        notes.append(f"{target} is beyond the end of the log, which ends at {last}: showing {last}")
     latest = obj.store.read()
     header = read_header(latest) if latest is not None else None
     candidates: list[tuple[Position, HistoryEntry | None]] = [
@@ -282,21 +283,35 @@ def state_at(obj: _Ctx, until: Position | None) -> StateAt:
             notes.append(f"snapshot at {position} set aside ({why})")
             continue
         if until is not None and until == snap.position:
-            # The snapshot is the answer: nothing is folded, so no gap matters.
+            # The snapshot is the answer (nothing is folded, so no gap after it
+            # matters) if the log still holds the record it was folded to: a
+            # snapshot of a history since rolled back is never served.
+            held = obj.log.read_at(snap.position)
+            if held is None or record_anchor(held.fields) != snap.anchor:
+                notes.append(
+                    f"snapshot at {position} set aside (the log no longer holds its record)"
+                )
+                continue
             return StateAt(
                 Replayed(snap.state, snap.position, snap.anchor, 0, Tally()), snap.position, notes
             )
-        result = replay(
-            obj.log,
-            domain,
-            snap.state,
-            snap.position,
-            until=until,
-            records_before=snap.records,
-            anchor=snap.anchor,
-            keys=snap.keys,
-            key_window=None,
-        )
+        try:
+            result = replay(
+                obj.log,
+                domain,
+                snap.state,
+                snap.position,
+                until=until,
+                records_before=snap.records,
+                anchor=snap.anchor,
+                keys=snap.keys,
+                key_window=None,
+            )
+        except IntegrityError as e:
+            if isinstance(e, GapError):
+                raise
+            notes.append(f"snapshot at {position} set aside ({e})")
+            continue
         return StateAt(result, snap.position, notes)
     window = header.key_window if header is not None else DEFAULT_WINDOW
     return StateAt(replay(obj.log, domain, until=until, key_window=window), ORIGIN, notes)
@@ -341,7 +356,9 @@ def resolve_at(at: str | None, at_time: str | None) -> Position | None:
         if at_time is not None:
             return parse_at_time(at_time)
     except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--at" if at else "--at-time") from e
+        raise click.BadParameter(
+            str(e), param_hint="--at" if at is not None else "--at-time"
+        ) from e
     return None
 
 
@@ -623,7 +640,7 @@ def _trim(obj: _Ctx, below_snapshot: bool, archive: Path | None, dry_run: bool) 
         copied = 0
         if archive is not None:
             with FileLog(archive) as file:
-                copied = archive_below(log, file, below)
+                copied = archive_below(log, file, below, obj.stream)
         with redis_errors("XTRIM", obj.stream):
             trimmed = log.client.xtrim(obj.stream, minid=str(below), approximate=False)
     except (OperationalError, IntegrityError) as e:

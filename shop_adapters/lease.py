@@ -346,17 +346,6 @@ class Lease:
         with self._lock:
             held, self._token = self._token is not None, None
         if held:
-            event(
-                _log,
-                INFO,
-                "lease_released",
-                "lease %s released (longest gap between renewals %.3f s, TTL %.3f s)",
-                self.key,
-                self.longest_gap_s,
-                self.ttl_ms / 1000,
-                longest_gap_s=round(self.longest_gap_s, 3),
-                ttl_s=self.ttl_ms / 1000,
-            )
             try:
                 self._release(keys=[self.key], args=[self.owner])
             except redis.exceptions.RedisError as e:
@@ -368,3 +357,15 @@ class Lease:
                     self.key,
                     e,
                 )
+                return
+            event(
+                _log,
+                INFO,
+                "lease_released",
+                "lease %s released (longest gap between renewals %.3f s, TTL %.3f s)",
+                self.key,
+                self.longest_gap_s,
+                self.ttl_ms / 1000,
+                longest_gap_s=round(self.longest_gap_s, 3),
+                ttl_s=self.ttl_ms / 1000,
+            )

@@ -198,13 +198,20 @@ class StreamObserver:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """``(healthy, detail)``: healthy while following and holding the lease."""
+        held = self.lease_token is not None
+        reasons = []
+        if not held:
+            reasons.append("the lease is not held (waiting for it, or lost)")
+        if not self.following:
+            reasons.append("not following (restoring or catching up)")
         detail = {
             "stream": self.stream,
             "following": self.following,
-            "lease_held": self.lease_token is not None,
+            "lease_held": held,
             "position": None if self._position is None else str(self._position),
+            "reason": "; ".join(reasons) or None,
         }
-        return self.following and self.lease_token is not None, detail
+        return not reasons, detail
 
 
 class _Quiet(WSGIRequestHandler):
@@ -239,17 +246,24 @@ def serve(
     metrics_app = make_wsgi_app(metrics.registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/healthz":
+        path = environ.get("PATH_INFO")
+        if path == "/healthz":
             states = list(health())
             healthy = bool(states) and all(ok for ok, _ in states)
             body = json.dumps({"healthy": healthy, "runners": [d for _, d in states]}).encode()
             status = "200 OK" if healthy else "503 Service Unavailable"
             start_response(status, [("Content-Type", "application/json")])
             return [body]
-        result: Iterable[bytes] = metrics_app(environ, start_response)
-        return result
+        if path == "/metrics":
+            result: Iterable[bytes] = metrics_app(environ, start_response)
+            return result
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics or /healthz\n"]
 
-    httpd = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+    try:
+        httpd = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+    except OSError as e:  # a port in use, an address that is not this machine's
+        raise OSError(f"cannot serve metrics on {addr}:{port}: {e.strerror or e}") from e
     thread = threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True)
     thread.start()
     return MetricsServer(httpd, thread)

@@ -260,7 +260,10 @@ def import_csv(ctx: click.Context, file: Path, chunk: int) -> None:
 
 def _wait_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
-        "--json", "as_json", is_flag=True, help="With --wait: print the answer as one JSON object."
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print one JSON object (with --wait: the answer; without: position and key).",
     )(f)
     f = click.option(
         "--timeout",
@@ -305,12 +308,15 @@ def _one(
     except (AppendInterrupted, PermanentError) as e:
         raise click.ClickException(str(e)) from e
     if not wait:
-        click.echo(f"appended 1 event to {client.keys.stream} at {answer.position} (key {key})")
+        if as_json:
+            click.echo(json.dumps({"position": str(answer.position), "key": key}))
+        else:
+            click.echo(f"appended 1 event to {client.keys.stream} at {answer.position} (key {key})")
         return
-    sys.exit(_report(answer, as_json, timeout))
+    sys.exit(_report(answer, key, as_json, timeout))
 
 
-def _report(answer: Answer, as_json: bool, timeout: float) -> int:
+def _report(answer: Answer, key: str, as_json: bool, timeout: float) -> int:
     """Print the answer; return the exit status."""
     o = answer.outcome
     verdict = None if o is None else (o.verdict if o.status == "duplicate" else o.status)
@@ -318,6 +324,7 @@ def _report(answer: Answer, as_json: bool, timeout: float) -> int:
     if as_json:
         out = {
             "position": str(answer.position),
+            "key": key,
             "outcome": None if o is None else o.status,
             "verdict": verdict,
             "code": None if o is None else o.code,
@@ -329,8 +336,10 @@ def _report(answer: Answer, as_json: bool, timeout: float) -> int:
         return status
     if o is None:
         click.echo(
-            f"no answer within {timeout:g} s: the event is in the log at {answer.position}; "
-            "the runner may be down or behind (its answer will be in the outcome journal)"
+            f"no answer within {timeout:g} s: the event is in the log at {answer.position} "
+            f"with idempotency key {key}; the runner may be down or behind (its answer will "
+            "be in the outcome journal). To retry safely, send it again with "
+            f"--idempotency-key {key}"
         )
         return status
     text = f"{answer.position} {o.status}"

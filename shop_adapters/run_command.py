@@ -41,6 +41,7 @@ import click
 import redis
 
 from . import audit
+from .archive import ArchivedLog
 from .catchup import Checkpoint
 from .cli_common import (
     CleanErrorsCommand,
@@ -59,8 +60,10 @@ from .idempotency import DEFAULT_WINDOW
 from .journals import RedisOutcomeJournal
 from .keys import StreamKeys
 from .lease import Lease, default_owner
+from .logs.file import FileLog
 from .logs.redis_stream import RedisStreamLog
 from .metrics import RunnerMetrics, serve
+from .protocols import EventLog
 from .redis_errors import redis_errors, refuse_eviction, refuse_own_stream
 from .retry import RetryPolicy, Stopped, event
 from .runner import Runner, RunnerConfig, Summary
@@ -161,6 +164,14 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
         "and dead letters are renamed aside. Needs --reason; recorded in <stream>:audit.",
     )
     @click.option("--reason", default=None, help="Why, for the audit trail (with --accept-*).")
+    @click.option(
+        "--archive",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="Read the records `inspect trim --archive FILE` archived before the stream's "
+        "own (to rebuild a stream whose head was trimmed, e.g. after a change of "
+        "--price-list or --key-window set the snapshot aside).",
+    )
     @click.option(
         "--snapshot-in-child/--snapshot-in-thread",
         default=False,
@@ -265,6 +276,7 @@ def _run(
     history_every: int,
     history_limit: int,
     snapshot_in_child: bool,
+    archive: Path | None,
 ) -> None:
     stop = threading.Event()
     current: list[Runner[Any, Any]] = []
@@ -320,7 +332,10 @@ def _run(
         return
     except (PermanentError, OperationalError) as e:
         fail(e)
-    log = RedisStreamLog(client, keys.stream, keys.dead)
+    stream_log = RedisStreamLog(client, keys.stream, keys.dead)
+    log: EventLog = stream_log
+    if archive is not None:
+        log = ArchivedLog(FileLog(archive), stream_log)
     lease = Lease(
         client, stream, ttl_ms=int(lease_ttl * 1000), owner=owner, snapshot_key=keys.snapshot
     )
@@ -329,7 +344,10 @@ def _run(
     if metrics_port is not None:
         metrics = RunnerMetrics()
         observer = metrics.for_stream(stream, RedisStreamLog(client, keys.stream, keys.dead))
-        metrics_server = serve(metrics, metrics_port, lambda: [observer.health()], metrics_addr)
+        try:
+            metrics_server = serve(metrics, metrics_port, lambda: [observer.health()], metrics_addr)
+        except OSError as e:
+            raise click.BadParameter(str(e), param_hint="--metrics-port/--metrics-addr") from e
         event(
             _log,
             INFO,
@@ -472,8 +490,9 @@ def _resolution(error: BaseException, stream: str) -> str:
     name = f"--stream {stream} " if stream != "orders" else ""
     if isinstance(error, GapError):
         return (
-            f". To fold on over the gap, decide it: {name}--accept-gap --reason TEXT "
-            f"(recorded in {stream}:audit); or restore the deleted records"
+            f". If `inspect trim --archive FILE` archived the deleted records, rebuild "
+            f"with them: {name}--archive FILE. Else restore them, or decide to go on "
+            f"without them: {name}--accept-gap --reason TEXT (recorded in {stream}:audit)"
         )
     if isinstance(error, IntegrityError) and "rolled back" in str(error):
         return (
@@ -484,10 +503,12 @@ def _resolution(error: BaseException, stream: str) -> str:
 
 
 def _set_aside(client: redis.Redis, keys: StreamKeys) -> None:
-    """Rename the outcome journal and the dead letters aside (``RENAME``) before an
-    accepted rollback is rebuilt: their entries answer records the log lost."""
+    """Rename the outcome journal, the dead letters and the snapshot history aside
+    (``RENAME``) before an accepted rollback or gap is rebuilt from the origin:
+    their entries answer records the log lost, and time travel must not serve
+    snapshots of a history that is gone."""
     suffix = f":before-rebuild:{int(time.time() * 1000)}"
-    for key in (keys.outcomes, keys.dead):
+    for key in (keys.outcomes, keys.dead, keys.history):
         with redis_errors("RENAME", key):
             if client.exists(key):
                 client.rename(key, key + suffix)

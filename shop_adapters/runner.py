@@ -523,7 +523,27 @@ class Runner(Generic[S, E]):
         except GapError as e:
             if accept != "gap":
                 raise
-            self._decide("accept-gap", e, "folding on from the snapshot, over the gap")
+            if self.position != ORIGIN:
+                self._decide(
+                    "accept-gap",
+                    e,
+                    f"folding on from the snapshot at {self.position}, over the gap",
+                )
+                return
+            # No usable snapshot: the fold starts at the origin, without the deleted
+            # records. They count as consumed (so lag and continuity stay true), and
+            # the answers published for the old history are set aside.
+            h = self.log.history()
+            skipped = 0 if h.added is None else max(0, h.added - h.length)
+            self._decide(
+                "accept-gap",
+                e,
+                f"rebuilding from the origin over the gap: {skipped} deleted records are not "
+                "folded (the outcome journal and dead letters of the old history are set aside)",
+            )
+            if self.on_rebuild is not None:
+                self.on_rebuild()
+            self._records = skipped
         except IntegrityError as e:
             if accept != "rollback":
                 raise

@@ -583,6 +583,8 @@ class Decoder:
             try:
                 data = orjson.loads(data_bytes)
             except orjson.JSONDecodeError as exc:
+                if "not valid UTF-8" in str(exc):
+                    raise _Invalid(f"v1 {name} data is not UTF-8 text (JSON must be)") from None
                 raise _Invalid(f"v1 {name} data is not valid JSON: {exc}") from None
             if type(data) is not dict:
                 raise _Invalid(f"v1 {name} data must be a JSON object, got {type(data).__name__}")
@@ -694,7 +696,8 @@ def load_price_list(path: str | Path) -> dict[str, int]:
     try:
         prices = strict_json(raw)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, our refusals
-        raise ValueError(f"price list {str(path)!r}: not valid JSON: {exc}") from None
+        what = "not a valid price list" if "not allowed" in str(exc) else "not valid JSON"
+        raise ValueError(f"price list {str(path)!r}: {what}: {exc}") from None
     if type(prices) is not dict:
         raise ValueError(
             f"price list {str(path)!r}: expected a JSON object {{item_id: price}}, "
