@@ -293,3 +293,112 @@ def test_the_wheel_carries_no_top_level_benchmarks_package() -> None:
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     packages = config["tool"]["setuptools"]["packages"]
     assert "benchmarks" not in packages and all(p.startswith("shop_") for p in packages)
+
+
+# --- what a new user broke, now refused or repaired ------------------------------------
+
+
+def test_trim_refuses_an_archive_of_another_stream_or_one_that_does_not_cover(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    for stream, seed in (("a1", 1), ("a2", 2)):
+        produce(redis_client, stream, 3_000, seed=seed)
+        run_to_idle(redis_server.url, stream, "--history-limit", "0")
+        produce(redis_client, stream, 100, seed=seed + 10)
+        run_to_idle(redis_server.url, stream, "--history-limit", "0")
+    archive = tmp_path / "a2.archive"
+    assert (
+        inspect(
+            redis_server, "a2", "trim", "--below-snapshot", "--archive", str(archive)
+        ).returncode
+        == 0
+    )
+    before = redis_client.xlen("a1")
+    wrong = inspect(redis_server, "a1", "trim", "--below-snapshot", "--archive", str(archive))
+    assert wrong.returncode == 1 and "archives the stream 'a2', not 'a1'" in wrong.stderr
+    assert redis_client.xlen("a1") == before  # nothing trimmed
+
+
+def test_after_a_trim_the_runner_rebuilds_from_the_archive(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    events = list(synthetic_events(6_000, 100, 10, 1))
+    produce(redis_client, "b", 6_000)
+    run_to_idle(redis_server.url, "b", "--history-limit", "0")
+    archive = tmp_path / "b.archive"
+    assert (
+        inspect(redis_server, "b", "trim", "--below-snapshot", "--archive", str(archive)).returncode
+        == 0
+    )
+    # A new key window sets the snapshot aside: the history before it is in the archive.
+    with RunnerProcess(
+        runner_argv(redis_server.url, "b", "--exit-when-idle", "--key-window", "50")
+    ) as r:
+        code, _out, err = r.finish(60)
+    assert code == 1 and "--archive FILE" in err
+    summary = run_to_idle(redis_server.url, "b", "--key-window", "50", "--archive", str(archive))
+    from shop_core import state_digest
+
+    assert summary["digest"] == state_digest(fold(events))
+    assert summary["total_records"] == 6_000
+
+
+def test_time_travel_after_an_accepted_rollback_serves_only_the_new_history(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    produce(redis_client, "v", 3_000)
+    run_to_idle(redis_server.url, "v", "--snapshot-every", "1000")
+    old = [Position.parse(f.decode().split(":", 1)[1]) for f in redis_client.hkeys("v:history")]
+    redis_client.delete("v")
+    produce(redis_client, "v", 50, seed=4)
+    run_to_idle(redis_server.url, "v", "--accept-rollback", "--reason", "replaced")
+    shown = inspect(redis_server, "v", "state", "--json", "--at", str(max(old)))
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["position"] != str(max(old))
+
+
+def test_a_wait_that_times_out_names_the_key_to_retry_with(
+    redis_server: RedisServer,
+) -> None:
+    out = run_module(
+        "shop_adapters.producer",
+        "--redis-url",
+        redis_server.url,
+        "--stream",
+        "nw",
+        "topup",
+        "1",
+        "5",
+        "--wait",
+        "--timeout",
+        "0.2",
+        "--idempotency-key",
+        "k-17",
+    )
+    assert out.returncode == 4
+    assert "--idempotency-key k-17" in out.stdout
+
+
+def test_a_metrics_port_in_use_is_a_usage_error(redis_server: RedisServer) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        out = run_module(
+            "shop_adapters.redis_runner",
+            "--redis-url",
+            redis_server.url,
+            "--stream",
+            "mp",
+            "--exit-when-idle",
+            "--metrics-port",
+            str(port),
+        )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "cannot serve metrics" in out.stderr
+
+
+def test_inspect_never_starts_a_new_embedded_redis(tmp_path: Path) -> None:
+    out = run_module("shop_adapters.inspector", "--data-dir", str(tmp_path / "none"), "state")
+    assert out.returncode == 1 and "no embedded Redis in" in out.stderr
+    assert not (tmp_path / "none").exists()
