@@ -65,11 +65,15 @@ def status(data_dir: Path, as_json: bool) -> None:
         click.echo(json.dumps(found))
     elif found is None:
         click.echo(f"no embedded Redis in {data_dir}")
-    else:
-        state = "running" if found["running"] else "stopped"
+    elif found["running"]:
         click.echo(
-            f"{state}: pid {found['pid']}, port {found['port']}, redis-server "
+            f"running: pid {found['pid']}, port {found['port']}, redis-server "
             f"{found['version']} ({found['executable']}), data in {found['data_dir']}"
+        )
+    else:
+        click.echo(
+            f"stopped (it starts again with the next shop command on {data_dir}): port "
+            f"{found['port']}, redis-server {found['version']}, data in {found['data_dir']}"
         )
     if found is None or not found["running"]:
         raise SystemExit(3)

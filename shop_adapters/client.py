@@ -65,12 +65,13 @@ class AppendInterrupted(ShopError):
     """
 
     def __init__(
-        self, appended: int, last: Position | None, in_flight: int, cause: Exception
+        self, appended: int, last: Position | None, in_flight: int, cause: BaseException
     ) -> None:
         self.appended, self.last, self.in_flight = appended, last, in_flight
         where = f" (last at {last})" if last is not None else ""
+        what = "interrupted" if isinstance(cause, KeyboardInterrupt) else str(cause).rstrip(". ")
         super().__init__(
-            f"{str(cause).rstrip('. ')}; {appended} entries were appended before the "
+            f"{what}; {appended} entries were appended before the "
             f"failure{where}; the chunk of {in_flight} being written may or may not have "
             "landed. Entries with idempotency keys can be appended again safely"
         )
@@ -155,7 +156,10 @@ class LogClient(Generic[E]):
         disable = None if progress is None else not progress
         with tqdm(total=total, unit="ev", desc="append", disable=disable) as bar:
             while batch := list(itertools.islice(it, chunk)):
-                positions = self._append_chunk(batch, n, last)
+                try:
+                    positions = self._append_chunk(batch, n, last)
+                except KeyboardInterrupt as e:
+                    raise AppendInterrupted(n, last, len(batch), e) from e
                 n += len(batch)
                 last = positions[-1] if positions else last
                 bar.update(len(batch))
