@@ -10,7 +10,6 @@ key, a journal entry) with a deadline; the one random delay is seeded.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import threading
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
-from reliability_support import RunnerProcess, python_m, run_module, wait_until
+from reliability_support import REPO, RunnerProcess, python_m, run_module, wait_until
 
 from shop_adapters import inspector, producer
 from shop_adapters.catchup import record_anchor, replay
@@ -45,15 +44,10 @@ pytestmark = pytest.mark.redis
 RETAIL = "online-retail-2010-12-01-to-07.csv"
 
 
-def data_dir() -> Path:
-    env = os.environ.get("SHOP_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 def retail_csv() -> Path:
-    path = data_dir() / RETAIL
-    if not path.exists():
-        pytest.skip(f"{path} not found (set SHOP_DATA_DIR)")
+    """The Online Retail week the repository carries (``data/``)."""
+    path = REPO / "data" / RETAIL
+    assert path.exists(), f"{path} is missing from the repository"
     return path
 
 
@@ -262,8 +256,10 @@ def test_a_second_runner_waits_for_the_lease_then_takes_over(
     argv = python_m(
         "shop_adapters.redis_runner", "--redis-url", redis_server.url, "--log-format", "json"
     )
-    with RunnerProcess(argv) as first, RunnerProcess(argv) as second:
+    with RunnerProcess(argv) as first:
+        # The second starts once the first holds the lease, so which one waits is known.
         assert first.wait_for("caught up"), first.stderr[-3000:]
+        second = RunnerProcess(argv)
         assert second.wait_for("waiting for it"), second.stderr[-3000:]
         assert not any("acquired" in line for line in second.lines)
         first.terminate()
@@ -272,6 +268,7 @@ def test_a_second_runner_waits_for_the_lease_then_takes_over(
         assert second.wait_for("caught up"), second.stderr[-3000:]
         second.terminate()
         code, out, err = second.finish()
+        second.__exit__(None, None, None)
     assert code == 0, err[-3000:]
     assert summary_of(out)["records"] == 0  # resumed from the snapshot
 

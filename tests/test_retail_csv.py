@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import doctest
 import importlib
-import os
 from pathlib import Path
 
 import pytest
@@ -117,11 +116,8 @@ def test_a_missing_column_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_real_week_every_row_accounted_for() -> None:
-    base = os.environ.get("SHOP_DATA_DIR")
-    data = Path(base) if base else Path(__file__).resolve().parents[2] / "shared" / "data"
-    path = data / "online-retail-2010-12-01-to-07.csv"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
+    path = Path(__file__).resolve().parents[1] / "data" / "online-retail-2010-12-01-to-07.csv"
+    assert path.exists(), f"{path} is missing from the repository"
     result = map_rows(read_csv(path))
     assert result.rows == 16_985
     assert result.imported_rows == 10_807
