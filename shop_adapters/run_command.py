@@ -169,8 +169,8 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         default=None,
         help="Read the records `inspect trim --archive FILE` archived before the stream's "
-        "own (to rebuild a stream whose head was trimmed, e.g. after a change of "
-        "--price-list or --key-window set the snapshot aside).",
+        "own (to rebuild a stream whose head was trimmed, e.g. after a new domain "
+        "configuration or --key-window set the snapshot aside).",
     )
     @click.option(
         "--snapshot-in-child/--snapshot-in-thread",
