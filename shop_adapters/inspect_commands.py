@@ -80,9 +80,15 @@ class _Ctx:
     (and a usage error) never starts the embedded Redis or opens a connection."""
 
     def __init__(
-        self, redis_url: str | None, data_dir: Path, domain: Domain[Any, Any], stream: str
+        self,
+        redis_url: str | None,
+        data_dir: Path,
+        domain: Domain[Any, Any],
+        stream: str,
+        cluster: bool | None = False,
     ) -> None:
         self.stream = stream
+        self.cluster = cluster
         self.keys = StreamKeys.for_stream(stream)
         self.domain = domain
         self._redis_url = redis_url
@@ -94,7 +100,7 @@ class _Ctx:
         if self._log is None or self._store is None:
             url = resolve_url(self._redis_url, self._data_dir)
             _log.info("stream %s at %s", self.stream, mask_url(url))
-            client = make_client(url)
+            client = make_client(url, cluster=self.cluster)
             self._log = RedisStreamLog(client, self.keys.stream, self.keys.dead)
             self._store = RedisSnapshotStore(client, self.keys.snapshot)
         return self._log, self._store
@@ -174,7 +180,13 @@ def inspect_group(domain_cli: DomainCli) -> click.Group:
         """Inspect a stream's state, snapshot and dead letters (read-only)."""
         setup_logging("text", logging.WARNING)
         domain = domain_cli.take(options)
-        ctx.obj = _Ctx(options["redis_url"], options["data_dir"], domain, options["stream"])
+        ctx.obj = _Ctx(
+            options["redis_url"],
+            options["data_dir"],
+            domain,
+            options["stream"],
+            options["cluster"],
+        )
         ctx.call_on_close(ctx.obj.close)
 
     cli.add_command(_state)
