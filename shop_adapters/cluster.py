@@ -218,7 +218,8 @@ class LocalCluster:
         return f"redis://{_HOST}:{self.ports[0]}"
 
     def start(self) -> LocalCluster:
-        """Start the nodes and form the cluster (or rejoin the recorded one); ``self``."""
+        """Start the nodes and form the cluster; ``self``. On a directory that records a
+        cluster, start its nodes again (adopting those still running) and wait for it."""
         if redis_server_version(self.executable) < (7, 0, 0):
             raise RedisServerError(
                 f"{self.executable} is Redis {redis_server_version(self.executable)}: the "
@@ -233,12 +234,15 @@ class LocalCluster:
             ports = _choose_ports(count, self.base_port)
         try:
             for port in ports:
-                self.nodes[port] = RedisServer(
+                server = RedisServer(
                     port=port,
                     data_dir=self.data_dir / str(port),
                     executable=self.executable,
                     config=_node_config(self.node_timeout_ms),
-                ).start()
+                )
+                if recorded is None or not server.attach():  # a recorded node may run
+                    server.start()
+                self.nodes[port] = server
             if recorded is None:
                 self._form()
             self._write_state()

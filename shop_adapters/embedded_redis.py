@@ -408,6 +408,15 @@ class RedisServer:
                     return self
         raise RedisServerError(f"port {self.port} was taken: redis-server could not bind it")
 
+    def attach(self) -> bool:
+        """Adopt a server already serving ``data_dir`` on ``port`` (started earlier, by
+        another process): whether one answers (``CONFIG GET dir``); then :attr:`pid`,
+        :meth:`stop` and :meth:`kill` act on it."""
+        if info := _probe(self.port, self.password, self.data_dir, ready=False):
+            self._pid, self._fixed_port = int(info["process_id"]), True
+            return True
+        return False
+
     def stop(self, timeout: float = 10.0) -> None:
         """``SHUTDOWN NOSAVE`` (AOF flushed), else SIGTERM; SIGKILL after ``timeout`` s."""
         if self._pid and not _stop(self._pid, self.port, self.password, "shutdown", timeout):

@@ -76,7 +76,7 @@ from .errors import FencedError, IntegrityError, OperationalError, PermanentErro
 from .fenced import FencedOutcomeJournal, FencedStreamLog
 from .keys import StreamKeys
 from .lease import Lease, default_owner
-from .protocols import EventLog, Position, SnapshotStore
+from .protocols import ORIGIN, EventLog, Position, SnapshotStore
 from .redis_cluster import ReplicatedSnapshotStore, ReplicaWait, RoutedLog, pinned
 from .redis_errors import redis_errors
 from .retry import Stopped, event
@@ -436,7 +436,7 @@ class _Slot:
             self.worker._ended(self)
 
     def _serve_inner(self) -> None:
-        runner = self._new_runner(None)
+        runner = self._new_runner(self.worker._expected(self.partition, self.keys))
         try:
             runner.restore()  # before the lease: no lease expires while it decodes
         except Stopped:
@@ -473,6 +473,8 @@ class _Slot:
         )
         while True:
             summary = runner.run()
+            # The run passed its history check: what it folded is what to expect next.
+            self.worker._remember(self.partition, runner.checkpoint)
             with self._lock:
                 restart = self._restart
             if self._release.is_set():
@@ -573,6 +575,7 @@ class Worker:
         self._partitions: list[str] = []
         self._registry_size = -1
         self._halted: dict[str, float] = {}
+        self._folded: dict[str, Checkpoint] = {}
         self._halted_count = -1
         self._last_change = time.monotonic()
         self._last_probe = 0.0
@@ -785,6 +788,41 @@ class Worker:
                 self.client.hset(self.pool_keys.halted, slot.partition, json.dumps(entry))
         except (OperationalError, PermanentError) as e:
             event(slot.logger, WARNING, "halt_not_recorded", "halt not recorded: %s", e)
+
+    def _remember(self, partition: str, checkpoint: Checkpoint) -> None:
+        if checkpoint.position != ORIGIN:
+            with self._lock:
+                self._folded[partition] = checkpoint
+
+    def _expected(self, partition: str, keys: StreamKeys) -> Checkpoint | None:
+        """What this process folded of ``partition`` before (its log must still hold it),
+        unless an operator decided since it was halted (an ``--accept-*`` entry in the
+        partition's audit stream newer than the halt: ``XREVRANGE <audit> + - COUNT 1``)."""
+        with self._lock:
+            expected = self._folded.get(partition)
+        halted_at = self._halted.get(partition)
+        if expected is None or halted_at is None:
+            return expected
+        try:
+            with redis_errors("XREVRANGE", keys.audit):
+                last: Any = self.client.xrevrange(keys.audit, "+", "-", count=1)
+        except (OperationalError, PermanentError):
+            return expected
+        if last and Position.parse(last[0][0]).major > halted_at:
+            event(
+                self.logger,
+                INFO,
+                "decided",
+                "%s: an operator decided since it was halted (%s); not expecting %s",
+                partition,
+                keys.audit,
+                expected.position,
+                partition=partition,
+            )
+            with self._lock:
+                self._folded.pop(partition, None)
+            return None
+        return expected
 
     def _resumed(self, partition: str) -> None:
         if partition not in self._halted:

@@ -159,8 +159,9 @@ def pinned(client: redis.Redis, key: str) -> Iterator[redis.Redis]:
     The connection goes back to a pool (one per server) on exit.
 
     A Redis error inside (a ``MOVED`` from a node that no longer serves the slot, a
-    lost node) first makes the cluster client refresh its route for ``key``, then
-    propagates, so the caller's retry goes to the right node.
+    lost node), raw or already an ``OperationalError``, first makes the cluster client
+    refresh its route for ``key``, so the caller's retry goes to the right node; it
+    propagates classified (:func:`~shop_adapters.redis_errors.classify`).
     """
     if isinstance(client, RedisCluster):
         node: Any = client.get_node_from_key(key)
@@ -169,12 +170,15 @@ def pinned(client: redis.Redis, key: str) -> Iterator[redis.Redis]:
         base = client.connection_pool
     try:
         one = redis.Redis(connection_pool=_unretried(base), single_connection_client=True)
-    except REDIS_ERRORS:
+    except REDIS_ERRORS as e:
         _refresh(client, key)
-        raise
+        raise classify(e, f"connecting to the master of {key}", key) from e
     try:
         yield one
-    except REDIS_ERRORS:
+    except REDIS_ERRORS as e:
+        _refresh(client, key)
+        raise classify(e, f"a command on the master of {key}", key) from e
+    except OperationalError:
         _refresh(client, key)
         raise
     finally:
