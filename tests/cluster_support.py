@@ -65,6 +65,18 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.02)
 
 
+def run_module(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` from the repository, output captured as text, no check."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class WorkerProcess:
     """A pool worker subprocess (JSON logs on stderr, parsed into :attr:`events`).
 

@@ -40,6 +40,7 @@ from tests.cluster_support import (
     drain_and_verify,
     holders,
     preload,
+    run_module,
     settled,
     shop_ids,
     verify_shop,
@@ -196,3 +197,28 @@ def test_records_lost_in_a_failover_halt_their_shop(rc: redis.Redis, cluster: Lo
             verify_shop(rc, shop)
         verify_shop(rc, shops[0], until_snapshot=True)
         assert w.stop() == 0, w.tail()
+
+
+def test_the_single_shop_runner_and_inspect_on_the_cluster(
+    rc: redis.Redis, cluster: LocalCluster
+) -> None:
+    """``--shop`` with ``--cluster`` and ``--wait-replicas`` outside a pool: the runner
+    drains one shop (its snapshot write waited for the replica), inspect verifies it."""
+    preload(rc, ["solo"], 2_000, malformed_every=400)
+    common = ["--redis-url", cluster.url, "--cluster", "--shop", "solo"]
+    run = run_module(
+        "shop_adapters.redis_runner",
+        *common,
+        "--wait-replicas",
+        "1",
+        "--exit-when-idle",
+        "--log-format",
+        "json",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["total_records"] == 2_005 and summary["total_dead_letters"] == 5
+    verify = run_module("shop_adapters.inspector", *common, "verify")
+    assert verify.returncode == 0, verify.stderr
+    assert "ok: snapshot at" in verify.stdout and "2005 of 2005 outcomes" in verify.stdout
+    verify_shop(rc, "solo")
