@@ -721,7 +721,9 @@ class Worker:
         for p in gone:
             self._slots[p].release("no longer active")
         room = target - len(held)
-        if room <= 0:
+        if room <= 0 or self.ticks < 2:
+            # A new worker claims nothing on its first tick: workers started together
+            # then see each other before anyone claims more than its share.
             return
         now = time.monotonic()
         probe_every = self.config.probe_every_s or self.config.lease_ttl_s

@@ -43,7 +43,7 @@ from .protocols import EventLog
 from .redis_cluster import ReplicaWait
 from .redis_errors import refuse_eviction
 from .retry import RetryPolicy, Stopped, event
-from .runner import RunnerConfig, RunnerObserver
+from .runner import RunnerConfig, RunnerObserver, gc_tuned_for_folding
 
 __all__ = ["run_pool"]
 
@@ -165,7 +165,10 @@ def run_pool(
             port=server.port,
         )
     try:
-        worker.run(stop)
+        # The worker owns its process: the GC setting that helps folding is taken once
+        # for all its runners (each runner's own tune_gc stays off: it is process-wide).
+        with gc_tuned_for_folding(True):
+            worker.run(stop)
     finally:
         if server is not None:
             server.close()
