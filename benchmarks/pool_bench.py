@@ -296,6 +296,8 @@ def throughput(
         "events_per_s": round(total / seconds),
         "worker_cpu_s": round(worker_cpu, 2),
         "redis_cpu_s": round(redis_cpu_s, 2),
+        "cores_used": round((worker_cpu + redis_cpu_s) / seconds, 2),
+        "load_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -345,6 +347,48 @@ def _one_busy(
         "seconds": round(done - claimed, 3),
         "events_per_s": round((events + events // 1000) / (done - claimed)),
         "from_join_s": round(done - joined, 3),
+    }
+
+
+def memory_per_shop(
+    cluster: LocalCluster, client: redis.Redis, shops: Sequence[str], options: Sequence[str]
+) -> dict[str, Any]:
+    """RSS of a worker holding 1 shop, then all ``shops`` (caught up, idle): the cost of a
+    shop in a worker; and Redis's ``MEMORY USAGE`` of one shop's keys per record."""
+    pool = PoolKeys.for_registry(SHOPS_REGISTRY)
+    rss: dict[int, float] = {}
+    for count in (1, len(shops)):
+        reset(client, shops)
+        client.delete(SHOPS_REGISTRY)
+        for shop in shops[:count]:
+            register(client, SHOPS_REGISTRY, shop)
+        w = Worker(cluster.url, *options)
+        try:
+            wait_until(
+                lambda w=w, count=count: len(w.named("partition_caught_up")) >= count,
+                300,
+                "caught up",
+            )
+            time.sleep(2)  # settle: the snapshot writers finish (not a synchronisation)
+            rss[count] = psutil.Process(w.proc.pid).memory_info().rss / 2**20
+        finally:
+            w.stop()
+    client.delete(pool.workers)
+    for shop in shops:
+        register(client, SHOPS_REGISTRY, shop)
+    k = StreamKeys.for_shop(shops[0])
+    records = int(client.xlen(k.stream))
+    usage = {
+        name: int(client.memory_usage(key, samples=0) or 0)  # type: ignore[arg-type]
+        for name, key in (("stream", k.stream), ("outcomes", k.outcomes), ("snapshot", k.snapshot))
+    }
+    return {
+        "rss_1_shop_mib": round(rss[1], 1),
+        f"rss_{len(shops)}_shops_mib": round(rss[len(shops)], 1),
+        "rss_per_shop_mib": round((rss[len(shops)] - rss[1]) / (len(shops) - 1), 2),
+        "records_per_shop": records,
+        "redis_bytes": usage,
+        "redis_bytes_per_record": round((usage["stream"] + usage["outcomes"]) / records, 1),
     }
 
 
@@ -535,14 +579,16 @@ def report(results: dict[str, Any]) -> str:
         "snapshot digest equals its from-scratch fold and its journal holds one outcome per "
         "record (checked after each run). All runs:",
         "",
-        "| worker processes | seconds | events/s | worker CPU s | Redis CPU s |",
-        "|---:|---:|---:|---:|---:|",
+        "| worker processes | seconds | events/s | worker CPU s | Redis CPU s | cores used "
+        "| load (1 min) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for w in (1, 2):
         for t in results["runs"][w] if w in results["runs"] else results["runs"][str(w)]:
             lines.append(
                 f"| {t['workers']} | {t['seconds']} | {t['events_per_s']:,} | "
-                f"{t['worker_cpu_s']} | {t['redis_cpu_s']} |"
+                f"{t['worker_cpu_s']} | {t['redis_cpu_s']} | {t.get('cores_used', '')} | "
+                f"{t.get('load_1m', '')} |"
             )
     idle = results["idle"]
     lines += [
@@ -564,6 +610,7 @@ def report(results: dict[str, Any]) -> str:
         ]
     tk = results["takeover"]
     rb = results["rebalance"]
+    mem, n = results["memory"], results["shops"]
     w = results["wait"]
     lines += [
         "",
@@ -579,6 +626,17 @@ def report(results: dict[str, Any]) -> str:
         f"its start (process start-up); its share was claimed and caught up "
         f"{rb['rebalanced_s']} s after it joined (last release by the first worker at "
         f"{rb['last_release_s']} s).",
+        "",
+        "## Memory",
+        "",
+        f"A worker holding 1 shop: {mem['rss_1_shop_mib']} MiB RSS; holding "
+        f"{results['shops']}: {mem[f'rss_{n}_shops_mib']} MiB: "
+        f"{results['memory']['rss_per_shop_mib']} MiB per shop (each with "
+        f"{results['memory']['records_per_shop']:,} records folded into a state of 1,000 users "
+        "and 50 items, its runner, snapshot writer, read-ahead and lease threads). In Redis, "
+        f"one shop's stream and outcome journal take "
+        f"{results['memory']['redis_bytes_per_record']} bytes per record "
+        f"(`MEMORY USAGE`: {results['memory']['redis_bytes']}).",
         "",
         "## The cost of waiting for a replica (WAIT 1, on the connection that wrote)",
         "",
@@ -662,6 +720,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("takeover:", results["takeover"], flush=True)
             results["rebalance"] = rebalance(cluster, client, shops, options)
             print("rebalance:", results["rebalance"], flush=True)
+            results["memory"] = memory_per_shop(cluster, client, shops, options)
+            print("memory:", results["memory"], flush=True)
             client.close()
         with LocalCluster(Path(tmp) / "replicas", masters=3, replicas=1) as cluster:
             client = connect(cluster.url, cluster=True)

@@ -18,8 +18,10 @@ claims, with the lease of each log as the claim:
   ranks highest among the ones nobody holds (rendezvous hashing of ``worker id`` and
   partition id: workers prefer different partitions, so they rarely race for one).
   When a worker joins, the others release only their excess: only the partitions
-  that move change hands. When one dies, its heartbeat and leases expire after the
-  lease TTL and the others' shares grow to cover its partitions.
+  that move change hands. A worker claims nothing on its first tick, so workers
+  started together see each other before any takes more than its share. When one
+  dies, its heartbeat and leases expire after the lease TTL and the others' shares
+  grow to cover its partitions.
 - **Claim.** A claim runs in a thread of its own: the runner restores the stored
   snapshot (before the lease, as the single-log runner does), takes the lease
   (:class:`~shop_adapters.lease.Lease`: ``SET NX PX`` and a fencing token, renewed by
@@ -38,6 +40,12 @@ claims, with the lease of each log as the claim:
   (``Runner.expect``); records lost with the old master stop it with
   ``IntegrityError``, and outcomes or dead letters lost with it are written again
   by the re-fold.
+- **Memory.** A worker remembers, per partition, the checkpoint (position, records,
+  anchor) of what its runners folded; when it claims that partition again, even
+  after losing its lease, the new runner expects the log to still hold it. An
+  operator's decision recorded in the partition's audit stream (``--accept-gap`` or
+  ``--accept-rollback`` of the single-log runner) after it was halted releases that
+  expectation.
 - **Halted.** A partition whose runner stops for want of history
   (``GapError``/``IntegrityError``) or a permanent refusal is recorded in the hash
   ``<halted>`` (``HSET <id> {"error", "at", "worker"}``) and left alone for
