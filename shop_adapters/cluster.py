@@ -226,12 +226,26 @@ class LocalCluster:
                 "local cluster needs 7.0 or later (CLUSTER ADDSLOTSRANGE)"
             )
         recorded = self._read_state()
-        count = self.masters * (1 + self.replicas)
         if recorded is not None:
-            ports = [int(p) for p in recorded["ports"]]
             self.masters, self.replicas = int(recorded["masters"]), int(recorded["replicas"])
-        else:
-            ports = _choose_ports(count, self.base_port)
+            self._start_nodes([int(p) for p in recorded["ports"]], adopt=True)
+            return self
+        count = self.masters * (1 + self.replicas)
+        attempts = 1 if self.base_port is not None else 5
+        for attempt in range(attempts):
+            try:
+                self._start_nodes(_choose_ports(count, self.base_port), adopt=False)
+                return self
+            except RedisServerError as e:
+                # Another process took a port between the check and the bind: new ports.
+                if "was taken" not in str(e) or attempt == attempts - 1:
+                    raise
+                for port in list(self.nodes):
+                    shutil.rmtree(self.data_dir / str(port), ignore_errors=True)
+                self.nodes.clear()
+        return self  # pragma: no cover (the loop returns or raises)
+
+    def _start_nodes(self, ports: Sequence[int], *, adopt: bool) -> None:
         try:
             for port in ports:
                 server = RedisServer(
@@ -240,17 +254,16 @@ class LocalCluster:
                     executable=self.executable,
                     config=_node_config(self.node_timeout_ms),
                 )
-                if recorded is None or not server.attach():  # a recorded node may run
-                    server.start()
                 self.nodes[port] = server
-            if recorded is None:
+                if not (adopt and server.attach()):  # a recorded node may still run
+                    server.start()
+            if not adopt:
                 self._form()
             self._write_state()
             self.wait_ok(self.startup_timeout)
         except BaseException:
             self.stop()
             raise
-        return self
 
     def _form(self) -> None:
         ports = self.ports
