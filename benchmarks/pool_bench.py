@@ -55,6 +55,7 @@ import redis
 
 from shop_adapters.catchup import replay
 from shop_adapters.cluster import LocalCluster
+from shop_adapters.idempotency import KEY_FIELD
 from shop_adapters.inspect_commands import latest_snapshot
 from shop_adapters.journals import RedisOutcomeJournal
 from shop_adapters.keys import StreamKeys
@@ -175,7 +176,7 @@ def preload(client: redis.Redis, shops: Sequence[str], events: int) -> int:
         batch: list[Any] = []
         for n, event in enumerate(synthetic_events(events, 1_000, 50, seed=1_000 + i)):
             entry: dict[str | bytes, str | bytes | int] = dict(encode_event(event))
-            entry["idempotency_key"] = f"bench:{shop}:{n}"
+            entry[KEY_FIELD] = f"bench:{shop}:{n}"
             batch.append(entry)
             if n % 1_000 == 999:
                 batch.append(MALFORMED)
@@ -353,27 +354,30 @@ def _one_busy(
 def memory_per_shop(
     cluster: LocalCluster, client: redis.Redis, shops: Sequence[str], options: Sequence[str]
 ) -> dict[str, Any]:
-    """RSS of a worker holding 1 shop, then all ``shops`` (caught up, idle): the cost of a
-    shop in a worker; and Redis's ``MEMORY USAGE`` of one shop's keys per record."""
+    """RSS of a worker holding 1 shop, then all ``shops``: right after catching each up
+    from scratch (the high-water mark of concurrent catch-ups: batches in flight), and
+    in a second worker that restores their snapshots and follows (steady state); and
+    Redis's ``MEMORY USAGE`` of one shop's keys per record."""
     pool = PoolKeys.for_registry(SHOPS_REGISTRY)
-    rss: dict[int, float] = {}
+    rss: dict[str, float] = {}
     for count in (1, len(shops)):
         reset(client, shops)
         client.delete(SHOPS_REGISTRY)
         for shop in shops[:count]:
             register(client, SHOPS_REGISTRY, shop)
-        w = Worker(cluster.url, *options)
-        try:
-            wait_until(
-                lambda w=w, count=count: len(w.named("partition_caught_up")) >= count,
-                300,
-                "caught up",
-            )
-            time.sleep(2)  # settle: the snapshot writers finish (not a synchronisation)
-            rss[count] = psutil.Process(w.proc.pid).memory_info().rss / 2**20
-        finally:
-            w.stop()
-    client.delete(pool.workers)
+        for phase in ("catch_up", "steady"):
+            w = Worker(cluster.url, *options)
+            try:
+                wait_until(
+                    lambda w=w, count=count: len(w.named("partition_caught_up")) >= count,
+                    300,
+                    "caught up",
+                )
+                time.sleep(2)  # let the snapshot writers finish (a settling time, not a sync)
+                rss[f"{phase}_{count}"] = psutil.Process(w.proc.pid).memory_info().rss / 2**20
+            finally:
+                w.stop()
+            client.delete(pool.workers)
     for shop in shops:
         register(client, SHOPS_REGISTRY, shop)
     k = StreamKeys.for_shop(shops[0])
@@ -382,10 +386,11 @@ def memory_per_shop(
         name: int(client.memory_usage(key, samples=0) or 0)  # type: ignore[arg-type]
         for name, key in (("stream", k.stream), ("outcomes", k.outcomes), ("snapshot", k.snapshot))
     }
+    n = len(shops)
     return {
-        "rss_1_shop_mib": round(rss[1], 1),
-        f"rss_{len(shops)}_shops_mib": round(rss[len(shops)], 1),
-        "rss_per_shop_mib": round((rss[len(shops)] - rss[1]) / (len(shops) - 1), 2),
+        "rss_mib": {key: round(value, 1) for key, value in rss.items()},
+        "steady_per_shop_mib": round((rss[f"steady_{n}"] - rss["steady_1"]) / (n - 1), 2),
+        "catch_up_per_shop_mib": round((rss[f"catch_up_{n}"] - rss["catch_up_1"]) / (n - 1), 2),
         "records_per_shop": records,
         "redis_bytes": usage,
         "redis_bytes_per_record": round((usage["stream"] + usage["outcomes"]) / records, 1),
@@ -629,14 +634,17 @@ def report(results: dict[str, Any]) -> str:
         "",
         "## Memory",
         "",
-        f"A worker holding 1 shop: {mem['rss_1_shop_mib']} MiB RSS; holding "
-        f"{results['shops']}: {mem[f'rss_{n}_shops_mib']} MiB: "
-        f"{results['memory']['rss_per_shop_mib']} MiB per shop (each with "
-        f"{results['memory']['records_per_shop']:,} records folded into a state of 1,000 users "
-        "and 50 items, its runner, snapshot writer, read-ahead and lease threads). In Redis, "
-        f"one shop's stream and outcome journal take "
-        f"{results['memory']['redis_bytes_per_record']} bytes per record "
-        f"(`MEMORY USAGE`: {results['memory']['redis_bytes']}).",
+        f"RSS of a worker holding 1 shop and {n} shops ({mem['records_per_shop']:,} records "
+        "each, folded into a state of 1,000 users and 50 items): right after catching them "
+        f"all up from scratch at once, {mem['rss_mib']['catch_up_1']} and "
+        f"{mem['rss_mib'][f'catch_up_{n}']} MiB, {mem['catch_up_per_shop_mib']} MiB per shop "
+        "(the high-water mark of concurrent catch-ups: each runner's batches in flight, "
+        "which Python's allocator keeps); in a worker that restored their snapshots and "
+        f"follows, {mem['rss_mib']['steady_1']} and {mem['rss_mib'][f'steady_{n}']} MiB, "
+        f"**{mem['steady_per_shop_mib']} MiB per shop** (its state, idempotency window, "
+        "runner, snapshot writer, read-ahead and lease threads). In Redis, one shop's stream "
+        f"and outcome journal take {mem['redis_bytes_per_record']} bytes per record "
+        f"(`MEMORY USAGE`: {mem['redis_bytes']}).",
         "",
         "## The cost of waiting for a replica (WAIT 1, on the connection that wrote)",
         "",

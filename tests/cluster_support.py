@@ -32,6 +32,7 @@ from typing import Any
 import redis
 
 from shop_adapters.catchup import replay
+from shop_adapters.idempotency import KEY_FIELD
 from shop_adapters.inspect_commands import latest_snapshot
 from shop_adapters.journals import RedisOutcomeJournal
 from shop_adapters.keys import StreamKeys
@@ -208,7 +209,7 @@ def preload(
         entries: list[dict[str | bytes, str | bytes | int]] = []
         for n, event in enumerate(synthetic_events(events, 200, 20, seed=100 + i)):
             entry: dict[str | bytes, str | bytes | int] = dict(encode_event(event))
-            entry["idempotency_key"] = f"preload:{shop}:{n}"
+            entry[KEY_FIELD] = f"preload:{shop}:{n}"
             entries.append(entry)
             if malformed_every and n % malformed_every == malformed_every - 1:
                 entries.append(dict(MALFORMED[n % len(MALFORMED)]))
