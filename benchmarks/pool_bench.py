@@ -568,6 +568,10 @@ def report(results: dict[str, Any]) -> str:
         "## Throughput: catch-up of "
         f"{results['shops']} shops x {results['events_per_shop']:,} events",
         "",
+        "Every entry carries an idempotency key (the runner remembers it in its window), "
+        "one in 1,000 is malformed (a dead letter); every record gets its outcome published. "
+        "Snapshots every 10,000 records. Best runs:",
+        "",
         "| worker processes | seconds | events/s | worker CPU s | Redis CPU s |",
         "|---:|---:|---:|---:|---:|",
     ]
@@ -609,9 +613,12 @@ def report(results: dict[str, Any]) -> str:
         tw = results["throughput_wait"]
         lines += [
             "",
-            f"With `--wait-replicas 1` (cluster with replicas, {tw['workers']} workers): "
-            f"{tw['events_per_s']:,} events/s in {tw['seconds']} s; without, on the same "
-            f"cluster: {results['throughput_replicas']['events_per_s']:,} events/s.",
+            f"On the cluster with a replica per master, 2 workers, best of "
+            f"{max(1, results['repeat'] - 1)} interleaved runs each: with `--wait-replicas 1` "
+            f"(each snapshot write waits for the replica) {tw['events_per_s']:,} events/s "
+            f"({tw['seconds']} s); without, {results['throughput_replicas']['events_per_s']:,} "
+            "events/s. Snapshots are rare (every 10,000 records), so the wait barely shows; "
+            "replication itself costs the Redis CPU of the replicas.",
         ]
     tk = results["takeover"]
     rb = results["rebalance"]
@@ -701,6 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "shops": a.shops,
         "events_per_shop": a.events,
         "rounds": a.rounds,
+        "repeat": a.repeat,
     }
     with tempfile.TemporaryDirectory(prefix="pool-bench-") as tmp:
         with LocalCluster(Path(tmp) / "plain", masters=3, replicas=0) as cluster:
@@ -736,10 +744,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["wait"] = replica_wait_cost(cluster, client, a.rounds)
             print("wait:", results["wait"], flush=True)
             total = preload(client, shops, a.events)
-            results["throughput_replicas"] = throughput(cluster, client, shops, 2, options, total)
             waiting = [*options, "--wait-replicas", "1"]
-            results["throughput_wait"] = throughput(cluster, client, shops, 2, waiting, total)
-            print("with replicas:", results["throughput_replicas"], results["throughput_wait"])
+            plain_runs, wait_runs = [], []
+            for _ in range(max(1, a.repeat - 1)):  # interleaved, as above
+                plain_runs.append(throughput(cluster, client, shops, 2, options, total))
+                wait_runs.append(throughput(cluster, client, shops, 2, waiting, total))
+                print("with replicas:", plain_runs[-1], wait_runs[-1], flush=True)
+            results["throughput_replicas"] = max(plain_runs, key=lambda r: r["events_per_s"])
+            results["throughput_wait"] = max(wait_runs, key=lambda r: r["events_per_s"])
             client.close()
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "pool.json").write_text(json.dumps(results, indent=2) + "\n")
