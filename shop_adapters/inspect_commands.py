@@ -14,6 +14,8 @@ runner; the domain's options (the shop's ``--price-list``) must be the runner's.
   exit 0 if equal, 1 with the first difference (or if there is no usable
   snapshot, or the history before it is gone).
 - ``audit [--json]``: the operators' decisions (:mod:`shop_adapters.audit`).
+- ``pool [--json]`` (a partitioned domain: the shop's ``--shop``): the live pool
+  workers, each partition's lease holder and fencing token, the halted ones.
 - ``dead-letters [--json]``: every dead letter with its position, reason and
   raw fields; ``--json`` prints one JSON array (``[]`` when none) of
   ``{"position", "reason", "fields": [[name, value], ...]}`` where a name or
@@ -37,6 +39,7 @@ from .catchup import Replayed, replay
 from .cli_common import (
     CleanErrorsGroup,
     DomainCli,
+    Partitioning,
     connection_options,
     make_client,
     mask_url,
@@ -49,6 +52,7 @@ from .errors import GapError, IntegrityError, OperationalError
 from .journals import OutcomeJournal, RedisOutcomeJournal
 from .keys import StreamKeys
 from .logs.redis_stream import RedisStreamLog
+from .pool import PoolKeys, pool_status
 from .protocols import ORIGIN, DeadLetter, EventLog, Position, SnapshotStore
 from .snapshots.redis import RedisSnapshotStore
 
@@ -193,7 +197,54 @@ def inspect_group(domain_cli: DomainCli) -> click.Group:
     cli.add_command(_verify)
     cli.add_command(_dead_letters)
     cli.add_command(_audit)
+    if domain_cli.partitioning is not None:
+        cli.add_command(_pool_command(domain_cli.partitioning))
     return cli
+
+
+def _pool_command(partitioning: Partitioning) -> click.Command:
+    """``inspect pool``: the pool of runners serving the registry (see :func:`pool_status`)."""
+    name = partitioning.name
+
+    @click.command("pool")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+    @click.pass_obj
+    def pool(obj: _Ctx, as_json: bool) -> None:
+        """The pool serving every partition of the registry: live workers, each
+        partition's lease holder and fencing token, halted partitions (read-only).
+
+        Exit 0; 1 if Redis cannot be read.
+        """
+        log = obj.log
+        assert isinstance(log, RedisStreamLog)
+        try:
+            status = pool_status(
+                log.client, partitioning.keys, PoolKeys.for_registry(partitioning.registry)
+            )
+        except OperationalError as e:
+            _fail(f"{type(e).__name__}: {e}")
+            return
+        if as_json:
+            click.echo(json.dumps(status))
+            return
+        parts = status["partitions"]
+        held = sum(1 for p in parts if p["holder"] is not None)
+        halted = [p for p in parts if p["halted"] is not None]
+        click.echo(
+            f"workers: {len(status['workers'])} live; {name}s: {len(parts)} registered, "
+            f"{held} held, {len(halted)} halted; fair share {status['share']}"
+        )
+        for w in status["workers"]:
+            mine = sum(1 for p in parts if (p["holder"] or "").rsplit("#", 1)[0] == w["id"])
+            click.echo(f"  worker {w['id']}: {mine} {name}s")
+        for p in parts:
+            holder = p["holder"] or "nobody"
+            line = f"{p['id']}  held by {holder}  token {p['token']}"
+            if p["halted"] is not None:
+                line += f"  HALTED: {p['halted']}"
+            click.echo(line)
+
+    return pool
 
 
 @click.command("state")

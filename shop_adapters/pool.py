@@ -98,6 +98,7 @@ __all__ = [
     "PoolView",
     "Worker",
     "fair_share",
+    "pool_status",
     "rank",
     "register",
 ]
@@ -175,6 +176,47 @@ def register(
         added = bool(one.sadd(registry, partition))
         wait.confirm(one, f"SADD {registry}")
     return added
+
+
+def pool_status(
+    client: redis.Redis, keys_for: Callable[[str], StreamKeys], pool_keys: PoolKeys
+) -> dict[str, Any]:
+    """What the pool looks like now, read-only: ``{"workers": [{"id", "expires_ms"}],
+    "partitions": [{"id", "holder", "token", "halted"}], "share": int}`` where
+    ``holder`` is the lease owner (``<worker id>#<claim>``) or ``None``, ``token`` the
+    last fencing token drawn, ``halted`` the recorded error or ``None``, and ``share``
+    the fair share of the live workers. Commands: ``ZRANGE <workers> 0 -1 WITHSCORES``,
+    ``TIME``, ``SMEMBERS <registry>``, ``HGETALL <halted>``, then ``GET`` of each lease
+    and token key (pipelined). Raises ``OperationalError``/``PermanentError``."""
+    with redis_errors("ZRANGE/SMEMBERS/HGETALL", pool_keys.registry):
+        seconds, micros = client.time()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        raw_workers: Any = client.zrange(pool_keys.workers, 0, -1, withscores=True)
+        members: Any = client.smembers(pool_keys.registry)
+        halted: Any = client.hgetall(pool_keys.halted)
+    workers = [
+        {"id": _text(w), "expires_ms": int(score)} for w, score in raw_workers if score > now
+    ]
+    ids = sorted(_text(m) for m in members)
+    keys = [keys_for(p) for p in ids]
+    with redis_errors("GET (leases)", pool_keys.registry):
+        pipe = client.pipeline(transaction=False)
+        for k in keys:
+            pipe.get(k.lease)
+            pipe.get(k.lease_token)
+        replies = pipe.execute() if keys else []
+    errors = {_text(f): json.loads(_text(v)).get("error") for f, v in halted.items()}
+    partitions = [
+        {
+            "id": p,
+            "holder": None if replies[2 * i] is None else _text(replies[2 * i]),
+            "token": None if replies[2 * i + 1] is None else int(replies[2 * i + 1]),
+            "halted": errors.get(p),
+        }
+        for i, p in enumerate(ids)
+    ]
+    active = sum(1 for p in partitions if p["halted"] is None)
+    return {"workers": workers, "partitions": partitions, "share": fair_share(active, len(workers))}
 
 
 def fair_share(partitions: int, workers: int) -> int:

@@ -5,6 +5,8 @@ one plain Redis (no cluster needed)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -14,7 +16,9 @@ from click.testing import CliRunner
 from redis.cluster import key_slot
 
 from shop_adapters import inspector, producer, redis_runner
+from shop_adapters.cli_common import setup_logging
 from shop_adapters.domain import Outcome
+from shop_adapters.embedded_redis import RedisServer
 from shop_adapters.errors import FencedError, OperationalError, PermanentError
 from shop_adapters.fenced import FencedOutcomeJournal, FencedStreamLog
 from shop_adapters.keys import StreamKeys
@@ -26,7 +30,14 @@ from shop_adapters.redis_errors import classify
 from shop_adapters.runner import RunnerConfig
 from shop_adapters.shop_domain import ShopDomain
 from shop_adapters.shop_domain.cli import SHOPS_REGISTRY
-from tests.cluster_support import Producer, drain_and_verify, holders, preload, wait_until
+from tests.cluster_support import (
+    Producer,
+    drain_and_verify,
+    holders,
+    preload,
+    run_module,
+    wait_until,
+)
 
 # -- pure ---------------------------------------------------------------------------------
 
@@ -206,7 +217,11 @@ def test_a_wait_for_a_replica_that_is_not_there_fails_in_time(client: redis.Redi
 
 
 @pytest.mark.redis
-def test_a_pool_on_one_plain_redis_shares_and_hands_over(client: redis.Redis) -> None:
+def test_a_pool_on_one_plain_redis_shares_and_hands_over(
+    client: redis.Redis, redis_server: RedisServer
+) -> None:
+    setup_logging("text", logging.WARNING)  # to this test's stderr (a CLI test may have
+    # pointed the shop loggers at a CliRunner stream that is closed by now)
     shops = [f"p{i}" for i in range(4)]
     preload(client, shops, 500, malformed_every=100)
     keys = PoolKeys.for_registry(SHOPS_REGISTRY)
@@ -230,6 +245,16 @@ def test_a_pool_on_one_plain_redis_shares_and_hands_over(client: redis.Redis) ->
             30,
             "two shops each",
         )
+        shown = run_module(
+            "shop_adapters.inspector", "--redis-url", redis_server.url, "pool", "--json"
+        )
+        assert shown.returncode == 0, shown.stderr
+        status = json.loads(shown.stdout)
+        assert sorted(w["id"] for w in status["workers"]) == ["A", "B"] and status["share"] == 2
+        holders_shown = sorted((p["holder"] or "").split("#")[0] for p in status["partitions"])
+        assert holders_shown == ["A", "A", "B", "B"]
+        text = run_module("shop_adapters.inspector", "--redis-url", redis_server.url, "pool")
+        assert "workers: 2 live; shops: 4 registered, 4 held, 0 halted" in text.stdout
         stop_b.set()  # b leaves: final snapshots, leases released; a takes all four
         threads[1].join(30)
         wait_until(lambda: set(holders(client, shops).values()) == {"A"}, 30, "a holding all")
