@@ -10,12 +10,17 @@ claims, with the lease of each log as the claim:
 - **Membership.** Each worker renews its heartbeat every ``tick_s`` in the sorted set
   ``<workers>`` (member: its id; score: expiry, from the server's ``TIME``): one
   ``EVALSHA`` of :data:`HEARTBEAT`, which also drops expired members and returns the
-  live ones with the registry's size, an epoch counter bumped on every hand-over
-  (``INCR``) and the number of halted partitions. The pool's own keys share the
+  live ones and their held counts with the registry's size, an epoch counter bumped
+  on every hand-over (``INCR``) and the number of halted partitions. The pool's own keys share the
   registry's slot (:class:`PoolKeys`), so that is one command on one node.
-- **Fair share.** A worker aims to hold ``ceil(active partitions / live workers)``.
-  Above it, it releases the partitions it ranks lowest; below it, it claims those it
-  ranks highest among the ones nobody holds (rendezvous hashing of ``worker id`` and
+- **Fair share.** The active partitions are shared out by :func:`shares`: each
+  worker ``partitions // workers`` of them, one more for the first ``partitions %
+  workers`` workers by how many they hold now (each heartbeat reports its count in
+  the hash ``<held>``); no worker exceeds ``ceil(partitions / workers)``
+  (:func:`fair_share`) and the shares add up to the partitions, so a worker that
+  joins gets its share even when the ceiling does not change. Above its share a
+  worker releases the partitions it ranks lowest; below it, it claims those it
+  ranks highest among the ones nobody holds (rendezvous hashing of worker id and
   partition id: workers prefer different partitions, so they rarely race for one).
   When a worker joins, the others release only their excess: only the partitions
   that move change hands. A worker claims nothing on its first tick, so workers
@@ -101,25 +106,39 @@ __all__ = [
     "pool_status",
     "rank",
     "register",
+    "shares",
 ]
 
 _log = logging.getLogger("shop.pool")
 
 HEARTBEAT = """
 -- KEYS[1]: workers (sorted set, score = expiry in ms of the server's clock); KEYS[2]: the
--- registry (set); KEYS[3]: the epoch (counter); KEYS[4]: halted (hash).
--- ARGV[1]: this worker's id; ARGV[2]: its time to live, ms ('0': leave the pool).
--- Returns {now ms, {live worker ids}, registry size, epoch, halted count}.
+-- registry (set); KEYS[3]: the epoch (counter); KEYS[4]: halted (hash); KEYS[5]: held
+-- (hash: worker id -> partitions it holds).
+-- ARGV[1]: this worker's id; ARGV[2]: its time to live, ms ('0': leave the pool);
+-- ARGV[3]: how many partitions it holds.
+-- Returns {now ms, {live worker ids}, {their held counts}, registry size, epoch, halted}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if ARGV[2] == '0' then
   redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[5], ARGV[1])
 else
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('HSET', KEYS[5], ARGV[1], ARGV[3])
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, id in ipairs(gone) do
+  redis.call('HDEL', KEYS[5], id)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return {now, redis.call('ZRANGE', KEYS[1], 0, -1), redis.call('SCARD', KEYS[2]),
-        redis.call('GET', KEYS[3]) or '0', redis.call('HLEN', KEYS[4])}
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+local held = {}
+for i, id in ipairs(live) do
+  held[i] = redis.call('HGET', KEYS[5], id) or '0'
+end
+return {now, live, held, redis.call('SCARD', KEYS[2]), redis.call('GET', KEYS[3]) or '0',
+        redis.call('HLEN', KEYS[4])}
 """
 """One round trip per tick: heartbeat, membership, and what changed (``EVALSHA``)."""
 
@@ -139,7 +158,8 @@ def _tag(key: str) -> str:
 class PoolKeys:
     """The pool's keys, all in the registry's hash slot (one node answers a tick):
     ``registry`` (set of partition ids), ``workers`` (sorted set of heartbeats),
-    ``epoch`` (hand-over counter), ``halted`` (hash of halted partitions).
+    ``epoch`` (hand-over counter), ``halted`` (hash of halted partitions), ``held``
+    (hash: how many partitions each live worker holds, as its last heartbeat said).
 
     >>> keys = PoolKeys.for_registry("shops")
     >>> keys.registry, keys.workers, keys.epoch, keys.halted
@@ -150,6 +170,7 @@ class PoolKeys:
     workers: str
     epoch: str
     halted: str
+    held: str
 
     @classmethod
     def for_registry(cls, registry: str) -> PoolKeys:
@@ -157,7 +178,7 @@ class PoolKeys:
         if not registry:
             raise ValueError("the registry key must not be empty")
         tag = _tag(registry)
-        return cls(registry, f"{tag}:workers", f"{tag}:epoch", f"{tag}:halted")
+        return cls(registry, f"{tag}:workers", f"{tag}:epoch", f"{tag}:halted", f"{tag}:held")
 
 
 def register(
@@ -228,6 +249,28 @@ def fair_share(partitions: int, workers: int) -> int:
     return math.ceil(partitions / max(1, workers))
 
 
+def shares(partitions: int, held: dict[str, int]) -> dict[str, int]:
+    """Each live worker's share: ``partitions // workers``, one more for the first
+    ``partitions % workers`` of them by how many they hold now (most first; ties by
+    id). The shares add up to ``partitions`` and differ by at most one, none exceeds
+    :func:`fair_share`, and the workers that hold the most keep the extra ones, so a
+    change moves as few partitions as it can. Every worker computes the same answer
+    from the same heartbeat view.
+
+    >>> shares(16, {"a": 6, "b": 6, "c": 4})
+    {'a': 6, 'b': 5, 'c': 5}
+    >>> shares(16, {"a": 6, "b": 5, "c": 5, "d": 0})
+    {'a': 4, 'b': 4, 'c': 4, 'd': 4}
+    >>> shares(1000, {f"w{i:03}": 10 for i in range(100)} | {f"n{i}": 0 for i in range(5)})["n0"]
+    9
+    """
+    if not held:
+        return {}
+    base, extra = divmod(partitions, len(held))
+    order = sorted(held, key=lambda w: (-held[w], w))
+    return {w: base + (1 if i < extra else 0) for i, w in enumerate(order)}
+
+
 def rank(worker: str, partitions: list[str]) -> list[str]:
     """``partitions`` in ``worker``'s order of preference (rendezvous hashing: the
     highest BLAKE2b of ``worker`` and the id first). Workers differ in their orders,
@@ -274,10 +317,12 @@ class PoolConfig:
 @dataclass(frozen=True, slots=True)
 class PoolView:
     """What one tick saw: ``now_ms`` (server clock), ``workers`` (live ids, sorted),
-    ``registry_size``, ``epoch`` and ``halted`` (count)."""
+    ``held`` (how many partitions each said it holds), ``registry_size``, ``epoch`` and
+    ``halted`` (count)."""
 
     now_ms: int
     workers: tuple[str, ...]
+    held: dict[str, int]
     registry_size: int
     epoch: int
     halted: int
@@ -700,13 +745,13 @@ class Worker:
             self._halted = self._read_halted() if view.halted else {}
             self._halted_count = view.halted
         active = [p for p in self._partitions if not self._blocked(p, view.now_ms)]
-        target = fair_share(len(active), len(view.workers))
+        target = shares(len(active), view.held).get(self.worker_id, 0)
         if target != self._target:
             event(
                 self.logger,
                 INFO,
                 "share",
-                "fair share %d of %d partitions (%d workers)",
+                "share %d of %d partitions (%d workers)",
                 target,
                 len(active),
                 len(view.workers),
@@ -720,14 +765,17 @@ class Worker:
 
     def _beat(self, ttl_s: float) -> PoolView:
         k = self.pool_keys
+        with self._lock:
+            mine = sum(1 for s in self._slots.values() if s.holding)
         with redis_errors("EVALSHA (pool heartbeat)", k.workers):
             raw: Any = self._heartbeat(
-                keys=[k.workers, k.registry, k.epoch, k.halted],
-                args=[self.worker_id, round(ttl_s * 1000)],
+                keys=[k.workers, k.registry, k.epoch, k.halted, k.held],
+                args=[self.worker_id, round(ttl_s * 1000), mine],
             )
-        now, members, size, epoch, halted = raw
-        workers = tuple(sorted(_text(m) for m in members))
-        return PoolView(int(now), workers, int(size), int(epoch), int(halted))
+        now, members, counts, size, epoch, halted = raw
+        held = {_text(m): int(c) for m, c in zip(members, counts, strict=True)}
+        workers = tuple(sorted(held))
+        return PoolView(int(now), workers, held, int(size), int(epoch), int(halted))
 
     def _members(self) -> list[str]:
         with redis_errors("SMEMBERS", self.pool_keys.registry):

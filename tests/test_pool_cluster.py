@@ -12,6 +12,7 @@ Every wait is on observable state (log events, lease keys, snapshots) with a dea
 
 from __future__ import annotations
 
+import random
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,3 +212,46 @@ def test_a_fourth_worker_takes_only_the_shops_that_move(
             drain_and_verify(rc, SHOPS)
             for w in everyone:
                 assert w.stop() == 0, w.tail()
+
+
+@pytest.mark.slow
+def test_a_campaign_of_kills_and_replacements(rc: redis.Redis, cluster: LocalCluster) -> None:
+    """Slow: five rounds of SIGKILL of a random worker (seeded) and a replacement
+    joining, under producers, on 16 shops preloaded with 4,000 events each."""
+    rng = random.Random(1234)
+    preload(rc, SHOPS, 4_000, malformed_every=400)
+    producer = Producer(rc, SHOPS, rate=600).start()
+    live = workers(cluster, "w1", "w2", "w3")
+    started = list(live)
+    try:
+        for w in live:
+            w.wait_joined()
+        for round_ in range(5):
+            wait_until(lambda: settled(rc, SHOPS, live), 90, f"settled before round {round_}")
+            victim = live.pop(rng.randrange(len(live)))
+            victim.kill()
+            fresh = WorkerProcess(cluster.url, *WORKER_OPTIONS, name=f"r{round_}")
+            started.append(fresh)
+            live.append(fresh)
+            fresh.wait_joined()
+        wait_until(lambda: settled(rc, SHOPS, live), 90, "settled after the campaign")
+        wait_until(lambda: caught_up_by_holders(rc, SHOPS, live), 90, "caught up")
+        producer.stop()
+        drain_and_verify(rc, SHOPS)
+        for w in live:
+            assert w.stop() == 0, w.tail()
+    finally:
+        for w in started:
+            w.__exit__(None, None, None)
+
+
+@pytest.mark.slow
+def test_the_pool_benchmark_runs_quick(tmp_path: Path) -> None:
+    """Slow: ``python -m benchmarks.pool_bench --quick`` runs end to end and checks its
+    own answers (every snapshot equals its fold after each throughput run)."""
+    from tests.cluster_support import run_module
+
+    result = run_module("benchmarks.pool_bench", "--quick", "--out", str(tmp_path), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "pool.md").read_text()
+    assert "Ratio 2 workers / 1 worker" in report and "Takeover after SIGKILL" in report

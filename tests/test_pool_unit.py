@@ -23,7 +23,15 @@ from shop_adapters.errors import FencedError, OperationalError, PermanentError
 from shop_adapters.fenced import FencedOutcomeJournal, FencedStreamLog
 from shop_adapters.keys import StreamKeys
 from shop_adapters.lease import Lease
-from shop_adapters.pool import PoolConfig, PoolKeys, Worker, fair_share, rank, register
+from shop_adapters.pool import (
+    PoolConfig,
+    PoolKeys,
+    Worker,
+    fair_share,
+    rank,
+    register,
+    shares,
+)
 from shop_adapters.protocols import DeadLetter, Position
 from shop_adapters.redis_cluster import NotReplicated, ReplicatedStreamLog, ReplicaWait
 from shop_adapters.redis_errors import classify
@@ -45,6 +53,30 @@ from tests.cluster_support import (
 def test_fair_share_is_the_ceiling() -> None:
     assert [fair_share(16, w) for w in (1, 2, 3, 4, 5)] == [16, 8, 6, 4, 4]
     assert fair_share(0, 3) == 0
+
+
+@pytest.mark.parametrize("partitions", [0, 1, 15, 16, 17, 1000])
+@pytest.mark.parametrize("held", [[0], [6, 6, 4], [6, 5, 5, 0], [10] * 100 + [0] * 5])
+def test_shares_add_up_differ_by_one_and_stay_under_the_ceiling(
+    partitions: int, held: list[int]
+) -> None:
+    counts = {f"w{i:03}": c for i, c in enumerate(held)}
+    got = shares(partitions, counts)
+    assert sum(got.values()) == partitions
+    assert max(got.values()) - min(got.values()) <= 1
+    assert max(got.values()) <= fair_share(partitions, len(counts))
+
+
+def test_a_joining_worker_gets_its_share_and_only_the_excess_moves() -> None:
+    before = {"a": 6, "b": 6, "c": 4}
+    assert shares(16, before) == {"a": 6, "b": 5, "c": 5}
+    after = shares(16, {"a": 6, "b": 5, "c": 5, "d": 0})
+    assert after == {"a": 4, "b": 4, "c": 4, "d": 4}
+    # 1,000 shops on 100 workers, 5 more join: the ceiling stays 10, yet they get 9 each.
+    big = shares(1000, {f"w{i:03}": 10 for i in range(100)} | {f"n{i}": 0 for i in range(5)})
+    assert [big[f"n{i}"] for i in range(5)] == [9] * 5
+    moved = sum(10 - big[f"w{i:03}"] for i in range(100))
+    assert moved == 45  # exactly what the newcomers take
 
 
 def test_rank_is_stable_per_worker_and_differs_between_workers() -> None:
