@@ -331,23 +331,35 @@ def _one_busy(
     events: int,
     options: Sequence[str],
 ) -> dict[str, Any]:
-    preload(client, [busy], events)
+    """The idle shops are claimed and followed first; then the busy shop (its log
+    already written) is registered, and its catch-up is timed from its claim."""
     for i in range(idle):
         register(client, SHOPS_REGISTRY, f"idle{i}")
     w = Worker(cluster.url, *options)
     try:
         wait_until(lambda: bool(w.worker_id), 60, "joining")
-        joined = time.monotonic()
+        wait_until(lambda: len(w.named("partition_caught_up")) >= idle, 60, "the idle shops")
+        keys = StreamKeys.for_shop(busy)
+        log = RedisStreamLog(client, keys.stream)
+        batch: list[Any] = []
+        for n, event in enumerate(synthetic_events(events, 1_000, 50, seed=77)):
+            entry: dict[str | bytes, str | bytes | int] = dict(encode_event(event))
+            entry[KEY_FIELD] = f"busy:{busy}:{n}"
+            batch.append(entry)
+            if len(batch) >= 5_000:
+                log.append(batch)
+                batch = []
+        if batch:
+            log.append(batch)
+        register(client, SHOPS_REGISTRY, busy)
         done = wait_until(lambda: journal_at_end(client, busy), 300, "the busy shop")
-        wait_until(lambda: len(w.named("partition_caught_up")) == idle + 1, 60, "every runner")
     finally:
         w.stop()
     claimed = min(t for t, e in w.named("claimed") if e["partition"] == busy)
     return {
         "idle_shops": idle,
         "seconds": round(done - claimed, 3),
-        "events_per_s": round((events + events // 1000) / (done - claimed)),
-        "from_join_s": round(done - joined, 3),
+        "events_per_s": round(events / (done - claimed)),
     }
 
 
@@ -606,8 +618,9 @@ def report(results: dict[str, Any]) -> str:
         "",
         f"One worker catches up one shop of {results['events_per_shop'] * 2:,} events alone "
         f"({idle['idle_0']['events_per_s']:,} events/s, {idle['idle_0']['seconds']} s from its "
-        f"claim), then beside 15 idle shops whose runners wait in `XREAD BLOCK` "
-        f"({idle['idle_15']['events_per_s']:,} events/s, {idle['idle_15']['seconds']} s).",
+        f"claim), then beside 15 idle shops already followed, whose runners wait in "
+        f"`XREAD BLOCK` ({idle['idle_15']['events_per_s']:,} events/s, "
+        f"{idle['idle_15']['seconds']} s).",
     ]
     if results.get("throughput_wait"):
         tw = results["throughput_wait"]
