@@ -332,7 +332,8 @@ def make_client(
             return connect(url, block_ms, cluster=cluster, retry=retry)
         except ValueError as e:
             raise click.BadParameter(
-                f"not a Redis URL: {mask_url(url)} ({e})", param_hint="--redis-url"
+                f"not a Redis URL: {mask_url(url)} (expected redis://, rediss:// or unix://)",
+                param_hint="--redis-url",
             ) from e
     extra: dict[str, Any] = {} if retry else {"retry": Retry(NoBackoff(), 0)}
     try:
