@@ -105,7 +105,6 @@ def test_a_master_killed_and_its_replica_promoted(rc: redis.Redis, cluster: Loca
         wait_until(lambda: role(cluster, replica) == "master", 30, "the replica promoted")
         cluster.nodes[master].start()  # the old master comes back, as a replica
         cluster.wait_ok(60)
-        restarted = set().union(*(w.partitions("restart") for w in ws))
         wait_until(
             lambda: (
                 victims
