@@ -6,7 +6,9 @@
 - ``shop redis status [--data-dir DIR] [--json]``: the embedded Redis of a data
   directory (running, pid, port, binary, version);
 - ``shop redis stop [--data-dir DIR]``: stop it (``SHUTDOWN``; its data stays in
-  the directory, and the next shop command that needs it starts it again).
+  the directory, and the next shop command that needs it starts it again);
+- ``shop cluster up|status|down``: a local Redis Cluster
+  (``python -m shop_adapters.cluster``).
 
 The ``python -m`` forms and the ``shop-runner``, ``shop-producer`` and
 ``shop-inspect`` scripts stay.
@@ -20,6 +22,7 @@ from pathlib import Path
 import click
 
 from .cli_common import DEFAULT_DATA_DIR, CleanErrorsGroup
+from .cluster import cli as cluster_cli
 from .embedded_redis import RedisServerError, embedded_status, stop_embedded
 from .inspector import cli as inspect_cli
 from .producer import cli as produce_cli
@@ -31,12 +34,13 @@ __all__ = ["main"]
 @click.group(cls=CleanErrorsGroup)
 def main() -> None:
     """The shop: run the runner, produce events, inspect a stream, manage the
-    embedded Redis. Each subcommand has its own --help."""
+    embedded Redis or a local Redis Cluster. Each subcommand has its own --help."""
 
 
 main.add_command(run_cli, "run")
 main.add_command(produce_cli, "produce")
 main.add_command(inspect_cli, "inspect")
+main.add_command(cluster_cli, "cluster")
 
 _data_dir = click.option(
     "--data-dir",

@@ -2,10 +2,13 @@
 
 - :func:`connection_options`: ``--redis-url`` (env ``REDIS_URL``), ``--stream``
   (default ``orders``), ``--data-dir`` (default ``./.shop-data``, for the
-  embedded Redis started when no URL is given);
+  embedded Redis started when no URL is given), ``--cluster/--no-cluster``;
+- :class:`Partitioning`: a domain whose logs are partitioned by an id (the
+  shop's ``--shop ID``), with :func:`partition_option` and :func:`resolve_stream`;
 - :func:`resolve_url`, :func:`make_client`: a ``redis.Redis`` built with
   ``Redis.from_url`` (so ``redis://user:pass@host``, ``rediss://`` TLS and
-  ``?db=`` work), with a ``socket_timeout`` longer than any blocking read;
+  ``?db=`` work), or a ``RedisCluster`` (:mod:`shop_adapters.redis_cluster`),
+  with a ``socket_timeout`` longer than any blocking read;
 - :func:`mask_url`: a URL with its password replaced by ``***``, the only form
   in which a URL is ever logged or printed;
 - :func:`setup_logging`: ``text`` or ``json`` lines on stderr; a record's
@@ -39,7 +42,7 @@ from redis.retry import Retry
 from .domain import Domain
 from .errors import ShopError
 from .keys import StreamKeys
-from .redis_errors import classify
+from .redis_errors import REDIS_ERRORS, classify
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -49,12 +52,15 @@ __all__ = [
     "DomainCli",
     "FiniteFloat",
     "JsonFormatter",
+    "Partitioning",
     "TextFormatter",
     "clean_error_message",
     "connection_options",
     "make_client",
     "mask_url",
+    "partition_option",
     "plain_help",
+    "resolve_stream",
     "resolve_url",
     "setup_logging",
 ]
@@ -66,6 +72,56 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
+class Partitioning:
+    """A domain whose logs are partitioned by an id: one log per tenant.
+
+    - ``name``: what an id names, for the option ``--<name> ID`` (the shop: ``shop``);
+    - ``keys``: the keys of the log of one id (the shop:
+      :meth:`~shop_adapters.keys.StreamKeys.for_shop`, every key with the hash tag
+      ``{ID}``, so one id lives in one Redis Cluster slot); ``ValueError`` for a bad id;
+    - ``registry``: the Redis set of ids (``SADD`` by producers before their first
+      append, read by a pool of runners: :mod:`shop_adapters.pool`).
+    """
+
+    name: str
+    keys: Callable[[str], StreamKeys]
+    registry: str
+
+
+def partition_option(partitioning: Partitioning) -> Callable[[F], F]:
+    """The click option ``--<name> ID`` (parameter ``partition``), exclusive with an
+    explicit ``--stream`` (checked by :func:`resolve_stream`)."""
+    return click.option(
+        f"--{partitioning.name}",
+        "partition",
+        default=None,
+        metavar="ID",
+        help=f"The {partitioning.name} whose log to use: its stream and every key of it "
+        "carry the hash tag {ID} (one Redis Cluster slot). Not with --stream.",
+    )
+
+
+def resolve_stream(partitioning: Partitioning | None, partition: str | None, stream: str) -> str:
+    """The stream to use: ``partitioning.keys(partition).stream`` if a partition id was
+    given, else ``stream``. Raises ``click.UsageError`` if both an id and an explicit
+    ``--stream`` were given, ``click.BadParameter`` for a bad id."""
+    if partition is None or partitioning is None:
+        return stream
+    ctx = click.get_current_context(silent=True)
+    explicit = ctx is not None and ctx.get_parameter_source("stream") not in (
+        None,
+        click.core.ParameterSource.DEFAULT,
+    )
+    option = f"--{partitioning.name}"
+    if explicit:
+        raise click.UsageError(f"{option} and --stream both name the log: give one of them")
+    try:
+        return partitioning.keys(partition).stream
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=option) from e
+
+
+@dataclass(frozen=True)
 class DomainCli:
     """How a command-line tool gets its :class:`~shop_adapters.domain.Domain`.
 
@@ -73,21 +129,30 @@ class DomainCli:
     - ``options``: click option decorators for the domain's configuration
       (the shop's ``--price-list``), added to every generic command;
     - ``build(**values)``: the domain, given those options' values by parameter
-      name; raises ``click.BadParameter`` for a bad value.
+      name; raises ``click.BadParameter`` for a bad value;
+    - ``partitioning``: how its logs are partitioned by id (the shop's ``--shop``),
+      or ``None`` (one stream, named by ``--stream``; no pool).
     """
 
     name: str
     options: Sequence[Callable[[Any], Any]]
     build: Callable[..., Domain[Any, Any]]
+    partitioning: Partitioning | None = None
 
     def add_options(self, f: F) -> F:
-        """``f`` with the domain's options added."""
+        """``f`` with the domain's options added (and ``--<partition> ID``)."""
         for option in reversed(self.options):
             f = option(f)
+        if self.partitioning is not None:
+            f = partition_option(self.partitioning)(f)
         return f
 
     def take(self, values: dict[str, Any]) -> Domain[Any, Any]:
-        """Pop the domain's option values from ``values`` and build the domain."""
+        """Pop the domain's option values from ``values`` and build the domain; the
+        partition id, if any, becomes ``values["stream"]`` (:func:`resolve_stream`)."""
+        if self.partitioning is not None and "stream" in values:
+            partition = values.pop("partition", None)
+            values["stream"] = resolve_stream(self.partitioning, partition, values["stream"])
         names = [p.name for p in _params(self.options)]
         return self.build(**{n: values.pop(n) for n in names if n is not None})
 
@@ -123,7 +188,7 @@ class FiniteFloat(click.FloatRange):
 def clean_error_message(error: BaseException) -> str:
     """One line for an error escaping a command: ``<Type>: <message>``, a Redis
     error first classified by :func:`shop_adapters.redis_errors.classify`."""
-    if isinstance(error, redis.exceptions.RedisError):
+    if isinstance(error, REDIS_ERRORS):
         error = classify(error, "a command")
     text = " ".join(str(error).split()) or "(no message)"
     return f"{type(error).__name__}: {text}"
@@ -157,7 +222,11 @@ class _CleanErrors(click.Command):
         """``click.Command.invoke`` (or the group's), with those errors as ``ClickException``."""
         try:
             return super().invoke(ctx)
-        except (ShopError, redis.exceptions.RedisError) as e:
+        except (
+            ShopError,
+            redis.exceptions.RedisError,
+            redis.exceptions.RedisClusterException,
+        ) as e:
             raise click.ClickException(clean_error_message(e)) from e
 
 
@@ -213,7 +282,14 @@ def mask_url(url: str) -> str:
 
 
 def connection_options(f: F) -> F:
-    """Click options ``--redis-url``, ``--stream``, ``--data-dir`` (see the module)."""
+    """Click options ``--redis-url``, ``--stream``, ``--data-dir``, ``--cluster`` (see
+    the module)."""
+    f = click.option(
+        "--cluster/--no-cluster",
+        default=None,
+        help="The URL names a node of a Redis Cluster: use redis-py's RedisCluster "
+        "(default: ask the server, INFO cluster).",
+    )(f)
     f = click.option(
         "--data-dir",
         type=click.Path(file_okay=False, path_type=Path),
@@ -264,7 +340,9 @@ def resolve_url(redis_url: str | None, data_dir: Path, *, create: bool = True) -
     return url
 
 
-def make_client(url: str, block_ms: int = 1_000, *, retry: bool = True) -> redis.Redis:
+def make_client(
+    url: str, block_ms: int = 1_000, *, retry: bool = True, cluster: bool | None = False
+) -> redis.Redis:
     """A ``redis.Redis`` from ``url`` whose ``socket_timeout`` (seconds) exceeds
     ``block_ms`` (the longest XREAD BLOCK, milliseconds) by 5 s, so a blocking
     read never times out on the socket first. Source: redis-py docs
@@ -275,8 +353,22 @@ def make_client(url: str, block_ms: int = 1_000, *, retry: bool = True) -> redis
     reply was lost would append the entries twice. The caller then sees the
     error and decides.
 
+    ``cluster``: ``True`` gives a ``RedisCluster`` (typed as ``redis.Redis``: it has
+    the same command methods; see :func:`shop_adapters.redis_cluster.connect`), ``None``
+    asks the server (``INFO cluster``), ``False`` a plain client.
+
     Raises ``click.BadParameter`` for a malformed URL (the message masks it).
     """
+    if cluster is not False:
+        from .redis_cluster import connect
+
+        try:
+            return connect(url, block_ms, cluster=cluster, retry=retry)
+        except ValueError as e:
+            raise click.BadParameter(
+                f"not a Redis URL: {mask_url(url)} (expected redis://, rediss:// or unix://)",
+                param_hint="--redis-url",
+            ) from e
     extra: dict[str, Any] = {} if retry else {"retry": Retry(NoBackoff(), 0)}
     try:
         return redis.Redis.from_url(

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
@@ -220,18 +220,36 @@ def _read(path: Path, offset: int = 0) -> str:
     return ""
 
 
+_OWN_SETTINGS = frozenset({"port", "bind", "dir", "daemonize", "requirepass"})
+
+
+def _extra_config(extra: Mapping[str, str | int] | None) -> dict[str, str | int]:
+    """``extra`` as a dict; ``ValueError`` if it sets one of the launcher's own settings."""
+    if clash := sorted(set(extra or {}) & _OWN_SETTINGS):
+        raise ValueError(f"redis.conf settings {clash} are the launcher's own")
+    return dict(extra or {})
+
+
 def _launch(
-    data_dir: Path, exe: str, port: int, password: str | None, aof: bool, timeout: float
+    data_dir: Path,
+    exe: str,
+    port: int,
+    password: str | None,
+    aof: bool,
+    timeout: float,
+    extra: Mapping[str, str | int] | None = None,
 ) -> int | None:
     """Start a daemonized server; its pid once it serves ``data_dir`` on ``port``, or
-    ``None`` if the port was taken. Raises :class:`RedisServerError` with its log if it
-    exits otherwise or does not answer in ``timeout`` s (it is then SIGKILLed)."""
+    ``None`` if the port was taken. ``extra``: more ``redis.conf`` settings (they may not
+    override the ones that keep it private). Raises :class:`RedisServerError` with its log
+    if it exits otherwise or does not answer in ``timeout`` s (it is then SIGKILLed)."""
     log, conf = data_dir / "redis.log", data_dir / "redis.conf"
-    settings = {
+    settings: dict[str, object] = {
         **{"port": port, "bind": _HOST, "dir": data_dir, "logfile": log, "save": ""},
         **{"pidfile": data_dir / "redis.pid", "daemonize": "yes", "requirepass": password},
         **{"appendonly": "yes" if aof else "no", "appendfsync": "everysec"},
     }
+    settings.update(_extra_config(extra))
     text = "appendfilename appendonly.aof\n"
     for key, value in settings.items():
         if value is not None:  # a password goes here, never on the command line
@@ -327,7 +345,10 @@ class RedisServer:
     ``redis.conf`` and ``redis.log``; ``None``: a temporary one, removed by :meth:`close`.
     ``appendonly``: AOF with ``appendfsync everysec``, else no persistence. ``password``:
     ``requirepass`` (in :attr:`url` and :meth:`client`). ``executable``: default
-    :func:`find_redis_server`. ``startup_timeout``: seconds.
+    :func:`find_redis_server`. ``startup_timeout``: seconds. ``config``: more ``redis.conf``
+    settings (``{"cluster-enabled": "yes"}``, as :mod:`shop_adapters.cluster` uses);
+    ``port``, ``bind``, ``dir``, ``daemonize`` and ``requirepass`` stay the launcher's
+    (``ValueError``).
     """
 
     def __init__(
@@ -339,6 +360,7 @@ class RedisServer:
         password: str | None = None,
         executable: str | None = None,
         startup_timeout: float = 10.0,
+        config: Mapping[str, str | int] | None = None,
     ) -> None:
         if port is not None and not _port_ok(port):
             raise ValueError(f"port {port}: not in 1..65535, or 6379 (the machine's shared Redis)")
@@ -349,6 +371,7 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.appendonly, self.password, self.startup_timeout = appendonly, password, startup_timeout
         self.executable = executable or find_redis_server()
+        self.config = _extra_config(config)
         self._pid: int | None = None
 
     @property
@@ -379,11 +402,20 @@ class RedisServer:
             for attempt in range(1 if self._fixed_port else 5):
                 self.port = (_bind() or 0) if attempt else self.port
                 args = (self.port, self.password, self.appendonly, self.startup_timeout)
-                self._pid = _launch(self.data_dir, self.executable, *args)
+                self._pid = _launch(self.data_dir, self.executable, *args, self.config)
                 if self._pid:
                     self._fixed_port = True
                     return self
         raise RedisServerError(f"port {self.port} was taken: redis-server could not bind it")
+
+    def attach(self) -> bool:
+        """Adopt a server already serving ``data_dir`` on ``port`` (started earlier, by
+        another process): whether one answers (``CONFIG GET dir``); then :attr:`pid`,
+        :meth:`stop` and :meth:`kill` act on it."""
+        if info := _probe(self.port, self.password, self.data_dir, ready=False):
+            self._pid, self._fixed_port = int(info["process_id"]), True
+            return True
+        return False
 
     def stop(self, timeout: float = 10.0) -> None:
         """``SHUTDOWN NOSAVE`` (AOF flushed), else SIGTERM; SIGKILL after ``timeout`` s."""

@@ -18,6 +18,8 @@ runner; the domain's options (the shop's ``--price-list``) must be the runner's.
   the stream below the oldest snapshot kept (``XTRIM MINID``), after copying
   the entries to a file log with ``--archive`` (``verify --archive FILE`` then
   still rebuilds from the origin).
+- ``pool [--json]`` (a partitioned domain: the shop's ``--shop``): the live pool
+  workers, each partition's lease holder and fencing token, the halted ones.
 - ``dead-letters [--json]``: every dead letter with its position, reason and
   raw fields; ``--json`` prints one JSON array (``[]`` when none) of
   ``{"position", "reason", "fields": [[name, value], ...]}`` where a name or
@@ -46,6 +48,7 @@ from .cli_common import (
     CleanErrorsCommand,
     CleanErrorsGroup,
     DomainCli,
+    Partitioning,
     connection_options,
     make_client,
     mask_url,
@@ -61,6 +64,7 @@ from .journals import OutcomeJournal, RedisOutcomeJournal
 from .keys import StreamKeys
 from .logs.file import FileLog
 from .logs.redis_stream import RedisStreamLog
+from .pool import PoolKeys, pool_status
 from .protocols import ORIGIN, DeadLetter, EventLog, Position, SnapshotStore
 from .redis_errors import redis_errors
 from .snapshots.redis import RedisSnapshotStore
@@ -106,9 +110,15 @@ class _Ctx:
     (and a usage error) never starts the embedded Redis or opens a connection."""
 
     def __init__(
-        self, redis_url: str | None, data_dir: Path, domain: Domain[Any, Any], stream: str
+        self,
+        redis_url: str | None,
+        data_dir: Path,
+        domain: Domain[Any, Any],
+        stream: str,
+        cluster: bool | None = False,
     ) -> None:
         self.stream = stream
+        self.cluster = cluster
         self.keys = StreamKeys.for_stream(stream)
         self.domain = domain
         self._redis_url = redis_url
@@ -120,7 +130,7 @@ class _Ctx:
         if self._log is None or self._store is None:
             url = resolve_url(self._redis_url, self._data_dir, create=False)
             _log.info("stream %s at %s", self.stream, mask_url(url))
-            client = make_client(url)
+            client = make_client(url, cluster=self.cluster)
             self._log = RedisStreamLog(client, self.keys.stream, self.keys.dead)
             self._store = RedisSnapshotStore(client, self.keys.snapshot)
         return self._log, self._store
@@ -205,7 +215,13 @@ def inspect_group(domain_cli: DomainCli) -> click.Group:
         """Inspect a stream's state, snapshot and dead letters (read-only)."""
         setup_logging("text", logging.WARNING)
         domain = domain_cli.take(options)
-        ctx.obj = _Ctx(options["redis_url"], options["data_dir"], domain, options["stream"])
+        ctx.obj = _Ctx(
+            options["redis_url"],
+            options["data_dir"],
+            domain,
+            options["stream"],
+            options["cluster"],
+        )
         ctx.call_on_close(ctx.obj.close)
 
     cli.add_command(_state)
@@ -213,7 +229,54 @@ def inspect_group(domain_cli: DomainCli) -> click.Group:
     cli.add_command(_dead_letters)
     cli.add_command(_audit)
     cli.add_command(_trim)
+    if domain_cli.partitioning is not None:
+        cli.add_command(_pool_command(domain_cli.partitioning))
     return cli
+
+
+def _pool_command(partitioning: Partitioning) -> click.Command:
+    """``inspect pool``: the pool of runners serving the registry (see :func:`pool_status`)."""
+    name = partitioning.name
+
+    @click.command("pool")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+    @click.pass_obj
+    def pool(obj: _Ctx, as_json: bool) -> None:
+        """The pool serving every partition of the registry: live workers, each
+        partition's lease holder and fencing token, halted partitions (read-only).
+
+        Exit 0; 1 if Redis cannot be read.
+        """
+        log = obj.log
+        assert isinstance(log, RedisStreamLog)
+        try:
+            status = pool_status(
+                log.client, partitioning.keys, PoolKeys.for_registry(partitioning.registry)
+            )
+        except OperationalError as e:
+            _fail(f"{type(e).__name__}: {e}")
+            return
+        if as_json:
+            click.echo(json.dumps(status))
+            return
+        parts = status["partitions"]
+        held = sum(1 for p in parts if p["holder"] is not None)
+        halted = [p for p in parts if p["halted"] is not None]
+        click.echo(
+            f"workers: {len(status['workers'])} live; {name}s: {len(parts)} registered, "
+            f"{held} held, {len(halted)} halted; fair share {status['share']}"
+        )
+        for w in status["workers"]:
+            mine = sum(1 for p in parts if (p["holder"] or "").rsplit("#", 1)[0] == w["id"])
+            click.echo(f"  worker {w['id']}: {mine} {name}s")
+        for p in parts:
+            holder = p["holder"] or "nobody"
+            line = f"{p['id']}  held by {holder}  token {p['token']}"
+            if p["halted"] is not None:
+                line += f"  HALTED: {p['halted']}"
+            click.echo(line)
+
+    return pool
 
 
 def parse_at(text: str) -> Position:

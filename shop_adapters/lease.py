@@ -42,7 +42,7 @@ from typing import Any
 import redis
 
 from .errors import IntegrityError, PermanentError
-from .redis_errors import classify
+from .redis_errors import REDIS_ERRORS, classify
 from .retry import RetryPolicy, Stopped, event
 
 __all__ = ["Lease", "default_owner"]
@@ -182,7 +182,7 @@ class Lease:
                 keys=[self.key, self.token_key, self.snapshot_key],
                 args=[self.owner, self.ttl_ms],
             )
-        except redis.exceptions.RedisError as e:
+        except REDIS_ERRORS as e:
             raise classify(e, f"lease {self.key}", self._wrong_key(e)) from e
         status, value = int(raw[0]), raw[1]
         if status == -2:
@@ -211,11 +211,11 @@ class Lease:
         or PermanentError as :meth:`try_acquire`."""
         try:
             raw: Any = self.client.get(self.key)
-        except redis.exceptions.RedisError as e:
+        except REDIS_ERRORS as e:
             raise classify(e, f"GET {self.key}", self.key) from e
         return None if raw is None else bytes(raw).decode("utf-8", "replace")
 
-    def _wrong_key(self, error: redis.exceptions.RedisError) -> str | None:
+    def _wrong_key(self, error: Exception) -> str | None:
         """Which of our keys a WRONGTYPE reply is about (the script touches three)."""
         if "WRONGTYPE" not in str(error):
             return None
@@ -229,7 +229,7 @@ class Lease:
                 kind = kind.decode() if isinstance(kind, bytes) else str(kind)
                 if kind not in ("none", expected):
                     return key
-        except redis.exceptions.RedisError:
+        except REDIS_ERRORS:
             pass
         return self.key
 
@@ -287,7 +287,7 @@ class Lease:
             attempted = time.monotonic()
             try:
                 raw: Any = self._renew(keys=[self.key], args=[self.owner, self.ttl_ms])
-            except redis.exceptions.RedisError as e:
+            except REDIS_ERRORS as e:
                 error = classify(e, f"lease renewal {self.key}", self.key)
                 if isinstance(error, PermanentError):
                     self._lost(f"Redis refuses the renewal: {error}")
@@ -348,7 +348,7 @@ class Lease:
         if held:
             try:
                 self._release(keys=[self.key], args=[self.owner])
-            except redis.exceptions.RedisError as e:
+            except REDIS_ERRORS as e:
                 event(
                     _log,
                     WARNING,

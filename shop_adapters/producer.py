@@ -1,7 +1,11 @@
 """``python -m shop_adapters.producer``: append shop events to a Redis stream.
 
 Commands (connection options as for the runner: ``--redis-url`` / env
-``REDIS_URL``, else an embedded Redis in ``--data-dir``; ``--stream``):
+``REDIS_URL``, else an embedded Redis in ``--data-dir``; ``--cluster``; ``--stream``,
+or ``--shop ID`` for the stream ``shop:{ID}``, which also adds ``ID`` to the
+registry set ``shops`` (``SADD``, before the first append) so a pool of runners
+finds it; ``--wait-replicas N`` waits, after each chunk of appends, for N replicas
+to acknowledge it, on the connection that wrote it):
 
 - ``synthetic --events N --users U --items I --seed S [--rate R]``: the seeded
   workload of :mod:`shop_adapters.shop_domain.workload`, appended in pipelined
@@ -50,14 +54,19 @@ from .cli_common import (
     connection_options,
     make_client,
     mask_url,
+    partition_option,
+    resolve_stream,
     resolve_url,
     setup_logging,
 )
 from .client import Answer, AppendInterrupted
 from .errors import OperationalError, PermanentError
 from .keys import StreamKeys
+from .pool import register
 from .protocols import EventLog, Position
+from .redis_cluster import ReplicatedStreamLog, ReplicaWait
 from .redis_errors import refuse_eviction, refuse_own_stream
+from .shop_domain.cli import SHOP_PARTITIONING
 from .shop_domain.client import ShopClient
 from .shop_domain.retail_csv import map_rows, read_csv
 from .shop_domain.wire import encode_event
@@ -119,12 +128,22 @@ def parse_line(text: str) -> tuple[str, int]:
 
 class _Ctx:
     def __init__(
-        self, redis_url: str | None, stream: str, data_dir: Path, allow_eviction: bool
+        self,
+        redis_url: str | None,
+        stream: str,
+        data_dir: Path,
+        allow_eviction: bool,
+        cluster: bool | None = False,
+        shop: str | None = None,
+        wait: ReplicaWait | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.stream = stream
         self.data_dir = data_dir
         self.allow_eviction = allow_eviction
+        self.cluster = cluster
+        self.shop = shop
+        self.wait = wait
         self._client: ShopClient | None = None
 
     def client(self) -> ShopClient:
@@ -132,11 +151,18 @@ class _Ctx:
             url = resolve_url(self.redis_url, self.data_dir)
             _log.info("stream %s at %s", self.stream, mask_url(url))
             # No redis-py retry: ShopClient retries only what carries a key.
-            redis_client = make_client(url, retry=False)
+            redis_client = make_client(url, retry=False, cluster=self.cluster)
             refuse_own_stream(redis_client, self.stream)
             if not self.allow_eviction:
                 refuse_eviction(redis_client)
-            self._client = ShopClient(redis_client, StreamKeys.for_stream(self.stream))
+            keys = StreamKeys.for_stream(self.stream)
+            client = ShopClient(redis_client, keys)
+            if self.wait is not None:
+                client.log = ReplicatedStreamLog(redis_client, keys.stream, self.wait)
+            if self.shop is not None:
+                # Registered before the first append: a shop with events is never unknown.
+                register(redis_client, SHOP_PARTITIONING.registry, self.shop, self.wait)
+            self._client = client
         return self._client
 
     def close(self) -> None:
@@ -146,6 +172,23 @@ class _Ctx:
 
 @click.group(cls=CleanErrorsGroup)
 @connection_options
+@partition_option(SHOP_PARTITIONING)
+@click.option(
+    "--wait-replicas",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="After each chunk of appends, WAIT for this many replicas to acknowledge it "
+    "(on the connection that wrote it); fewer within --wait-replicas-timeout retries "
+    "the chunk (its entries carry idempotency keys). 0: do not wait.",
+)
+@click.option(
+    "--wait-replicas-timeout",
+    type=FiniteFloat(min=0.001, max=3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds WAIT waits for the replicas.",
+)
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
@@ -163,10 +206,18 @@ def cli(
     data_dir: Path,
     log_format: str,
     allow_eviction: bool,
+    cluster: bool | None,
+    partition: str | None,
+    wait_replicas: int,
+    wait_replicas_timeout: float,
 ) -> None:
-    """Append shop events to a Redis stream."""
+    """Append shop events to a Redis stream (or to the stream of --shop ID)."""
     setup_logging(log_format)
-    state = _Ctx(redis_url, stream, data_dir, allow_eviction)
+    stream = resolve_stream(SHOP_PARTITIONING, partition, stream)
+    wait = None
+    if wait_replicas:
+        wait = ReplicaWait(wait_replicas, max(1, round(wait_replicas_timeout * 1000)))
+    state = _Ctx(redis_url, stream, data_dir, allow_eviction, cluster, partition, wait)
     ctx.obj = state
     ctx.call_on_close(state.close)
 

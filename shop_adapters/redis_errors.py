@@ -7,12 +7,22 @@ the log, the snapshot store, the lease and the command-line tools.
   lost or refused connection, a time-out, and the error replies that mean "not
   now": ``LOADING`` (a restarting server reading its data), ``BUSY`` (a script
   running), ``TRYAGAIN``, ``CLUSTERDOWN``, ``MASTERDOWN``, ``READONLY`` (a
-  fail-over in progress);
+  fail-over in progress); and, in a Redis Cluster, ``MOVED``/``ASK`` that reach
+  the caller (a plain client pinned to a node whose slot moved: the cluster
+  client's map is refreshed by the next command), redis-py's ``ClusterError``
+  (its redirections ran out, "TTL exhausted"), ``SlotNotCoveredError`` and a
+  cluster client that could not reach any node to learn the topology. A
+  failover is thus retried with the same back-off as a lost connection;
 - :class:`~shop_adapters.errors.PermanentError` for everything else, which no
   retry can fix: ``AuthenticationError`` (``WRONGPASS``, ``NOAUTH``; redis-py
   makes it a subclass of its ``ConnectionError``, so it must be tested first),
   ``NOPERM``, a ``SELECT`` refused ("DB index is out of range", "Invalid
-  Database"), ``WRONGTYPE`` (the key holds another type) and any other error reply.
+  Database"), ``WRONGTYPE`` (the key holds another type), ``CROSSSLOT`` (keys of
+  one command or script in two hash slots: a key naming bug) and any other
+  error reply.
+
+redis-py's ``RedisClusterException`` is not a ``RedisError``: catch
+:data:`REDIS_ERRORS` where a cluster client may be in use.
 
 Sources: redis-py ``redis/exceptions.py`` and its reply-prefix table
 (``redis/_parsers/base.py``); Redis "Errors" reference (error prefixes).
@@ -25,10 +35,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from .errors import OperationalError, PermanentError, ShopError
 
 __all__ = [
+    "REDIS_ERRORS",
     "TRANSIENT_REPLIES",
     "classify",
     "redis_errors",
@@ -38,6 +50,22 @@ __all__ = [
 
 TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY")
 """Error-reply prefixes that mean "retry later", not "you are wrong"."""
+
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,
+)
+"""What a Redis client, plain or cluster, raises (redis-py's ``RedisClusterException``
+is not a ``RedisError``): ``except REDIS_ERRORS as e: raise classify(e, ...)``."""
+
+_CLUSTER_TRANSIENT: tuple[type[Exception], ...] = (
+    redis.exceptions.ClusterError,  # ClusterDownError, MasterDownError, "TTL exhausted"
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,  # MovedError too
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.SlotNotCoveredError,
+)
+_UNREACHABLE_CLUSTER = ("cannot be connected", "slots are not covered", "not covered by")
 
 _OWN_SUFFIXES = (":snapshot", ":lease:token", ":lease", ":dead", ":outcomes", ":audit", ":history")
 
@@ -74,10 +102,19 @@ def _wrong_type_hint(key: str | None) -> str:
     return ""
 
 
-def classify(error: redis.exceptions.RedisError, what: str, key: str | None = None) -> ShopError:
-    """The shop error for ``error``, raised during ``what`` (a command name and key,
-    for the message) on ``key`` (named in a ``WRONGTYPE`` message). Never raises."""
+def classify(error: Exception, what: str, key: str | None = None) -> ShopError:
+    """The shop error for ``error`` (one of :data:`REDIS_ERRORS`), raised during
+    ``what`` (a command name and key, for the message) on ``key`` (named in a
+    ``WRONGTYPE`` message). Never raises."""
     text = str(error) or type(error).__name__
+    if isinstance(error, _CLUSTER_TRANSIENT):
+        return OperationalError(
+            f"Redis Cluster not ready during {what}: {type(error).__name__} {text}"
+        )
+    if isinstance(error, redis.exceptions.RedisClusterException):
+        if any(s in text for s in _UNREACHABLE_CLUSTER):
+            return OperationalError(f"Redis Cluster unavailable during {what}: {text}")
+        return PermanentError(f"Redis Cluster refused {what}: {text}")
     if isinstance(error, redis.exceptions.AuthenticationError):
         return PermanentError(
             f"Redis refused the credentials during {what}: {text} "
@@ -108,7 +145,7 @@ def redis_errors(what: str, key: str | None = None) -> Iterator[None]:
     """Re-raise any ``RedisError`` in the block as :func:`classify` says, ``from`` it."""
     try:
         yield
-    except redis.exceptions.RedisError as e:
+    except REDIS_ERRORS as e:
         raise classify(e, what, key) from e
 
 
@@ -117,18 +154,24 @@ def refuse_eviction(client: redis.Redis) -> None:
     limit with any ``maxmemory-policy`` but ``noeviction``. Such a server silently
     drops streams, snapshots and lease tokens under memory pressure, so the log
     would no longer be the truth. Read from ``INFO memory`` (works where ``CONFIG``
-    is disabled). Source: Redis "Key eviction" docs. Raises ``OperationalError``
-    if Redis is unreachable.
+    is disabled; in a Redis Cluster, of every master). Source: Redis "Key eviction"
+    docs. Raises ``OperationalError`` if Redis is unreachable.
     """
     with redis_errors("INFO memory"):
-        info: Any = client.info("memory")
-    limit = int(info.get("maxmemory", 0) or 0)
-    policy = str(info.get("maxmemory_policy", "noeviction"))
-    if limit and policy != "noeviction":
-        raise PermanentError(
-            f"Redis may evict keys: maxmemory is {limit} bytes with maxmemory-policy "
-            f"{policy}, so under memory pressure it would silently drop the stream, its "
-            "snapshot and its lease token. Set maxmemory-policy noeviction (writes are "
-            "then refused when memory is full, and nothing is lost), or pass "
-            "--allow-eviction to run anyway at your own risk"
-        )
+        if isinstance(client, RedisCluster):  # every master, not one default node
+            infos: Any = client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+            nodes = list(infos.items())
+        else:
+            nodes = [("", client.info("memory"))]
+    for node, info in nodes:
+        limit = int(info.get("maxmemory", 0) or 0)
+        policy = str(info.get("maxmemory_policy", "noeviction"))
+        if limit and policy != "noeviction":
+            where = f" (node {node})" if node else ""
+            raise PermanentError(
+                f"Redis may evict keys{where}: maxmemory is {limit} bytes with "
+                f"maxmemory-policy {policy}, so under memory pressure it would silently drop "
+                "the stream, its snapshot and its lease token. Set maxmemory-policy "
+                "noeviction (writes are then refused when memory is full, and nothing is "
+                "lost), or pass --allow-eviction to run anyway at your own risk"
+            )

@@ -64,6 +64,12 @@ from .logs.file import FileLog
 from .logs.redis_stream import RedisStreamLog
 from .metrics import RunnerMetrics, serve
 from .protocols import EventLog
+from .redis_cluster import (
+    ReplicatedSnapshotStore,
+    ReplicaWait,
+    RoutedLog,
+    is_cluster,
+)
 from .redis_errors import redis_errors, refuse_eviction, refuse_own_stream
 from .retry import RetryPolicy, Stopped, event
 from .runner import Runner, RunnerConfig, Summary
@@ -217,6 +223,30 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
         help="Run even if Redis may evict keys (maxmemory with a policy other than "
         "noeviction). Unsafe: the stream, snapshot and lease may vanish.",
     )
+    @click.option(
+        "--wait-replicas",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="After each snapshot write, WAIT for this many replicas to acknowledge it "
+        "(and so every write before it: records, outcomes, dead letters) on the "
+        "connection that wrote. 0: do not wait (a failover may lose the last writes).",
+    )
+    @click.option(
+        "--wait-replicas-timeout",
+        type=FiniteFloat(min=0.001, max=3600),
+        default=1.0,
+        show_default=True,
+        help="Seconds WAIT waits for the replicas; fewer in time fails the write (retried).",
+    )
+    @click.option(
+        "--pool",
+        is_flag=True,
+        help="Join the pool of runners serving every partition in the registry "
+        "(see shop_adapters.pool): claim a fair share by lease, run each, hand them over "
+        "when workers join or die. Not with --stream, --exit-when-idle, --from-scratch "
+        "or --accept-*.",
+    )
     def main(**options: Any) -> None:
         """Fold the Redis stream into the domain's state; snapshot; follow the tail.
 
@@ -229,6 +259,9 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
         refuses for good or stays unreachable for --give-up-after seconds; 2 for
         bad options.
         """
+        if options.pop("pool"):
+            _pool(domain_cli, options)
+            return
         domain = domain_cli.take(options)
         gap, rollback, reason = (
             options.pop("accept_gap"),
@@ -248,6 +281,42 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
 
     main.help = (main.help or "").replace("the domain's", f"the {domain_cli.name}'s")
     return main
+
+
+def _pool(domain_cli: DomainCli, options: dict[str, Any]) -> None:
+    """``--pool``: refuse the single-log options, then run a pool worker."""
+    partitioning = domain_cli.partitioning
+    if partitioning is None:
+        raise click.UsageError(f"the {domain_cli.name} has no partitions: --pool needs them")
+    ctx = click.get_current_context()
+    for name in (
+        "stream",
+        "partition",
+        "exit_when_idle",
+        "from_scratch",
+        "accept_gap",
+        "accept_rollback",
+        "reason",
+    ):
+        source = ctx.get_parameter_source(name)
+        if source is not None and source is not click.core.ParameterSource.DEFAULT:
+            flag = "--" + (partitioning.name if name == "partition" else name.replace("_", "-"))
+            raise click.UsageError(f"{flag} names one log; a --pool worker serves them all")
+    for name in (
+        "stream",
+        "partition",
+        "exit_when_idle",
+        "from_scratch",
+        "accept_gap",
+        "accept_rollback",
+        "reason",
+        "progress",
+    ):
+        options.pop(name, None)
+    domain = domain_cli.take(options)
+    from .pool_command import run_pool
+
+    run_pool(domain, partitioning, **options)
 
 
 def _run(
@@ -277,6 +346,9 @@ def _run(
     history_limit: int,
     snapshot_in_child: bool,
     archive: Path | None,
+    cluster: bool | None,
+    wait_replicas: int,
+    wait_replicas_timeout: float,
 ) -> None:
     stop = threading.Event()
     current: list[Runner[Any, Any]] = []
@@ -311,7 +383,7 @@ def _run(
     keys = StreamKeys.for_stream(stream)
     url = resolve_url(redis_url, data_dir)
     event(_log, INFO, "connect", "stream %s at %s", stream, mask_url(url), url=mask_url(url))
-    client = make_client(url, BLOCK_MS)
+    client = make_client(url, BLOCK_MS, cluster=cluster)
     retry = RetryPolicy(give_up_after=give_up_after)
     if allow_eviction:
         event(
@@ -336,6 +408,10 @@ def _run(
     log: EventLog = stream_log
     if archive is not None:
         log = ArchivedLog(FileLog(archive), stream_log)
+    elif is_cluster(client):
+        # A failover may lose records already folded: restart from the snapshot,
+        # checking that the log still holds what this process folded.
+        log = RoutedLog(stream_log, on_change=lambda old, new: _moved(current, stream, old, new))
     lease = Lease(
         client, stream, ttl_ms=int(lease_ttl * 1000), owner=owner, snapshot_key=keys.snapshot
     )
@@ -357,7 +433,14 @@ def _run(
             metrics_server.port,
             port=metrics_server.port,
         )
-    store = RedisSnapshotStore.for_lease(client, keys.snapshot, lease, keys.stream)
+    store: RedisSnapshotStore = RedisSnapshotStore.for_lease(
+        client, keys.snapshot, lease, keys.stream
+    )
+    if wait_replicas:
+        wait = ReplicaWait(wait_replicas, max(1, round(wait_replicas_timeout * 1000)))
+        store = ReplicatedSnapshotStore.for_lease_waiting(
+            client, keys.snapshot, lease, keys.stream, wait
+        )
     journal = RedisOutcomeJournal(client, keys.outcomes, max_block_ms=BLOCK_MS)
     config = RunnerConfig(
         snapshot_every=snapshot_every,
@@ -465,7 +548,7 @@ def _run(
                 event(
                     _log,
                     WARNING,
-                    "lease_lost",
+                    "lease_lost" if "lease lost" in summary.stop_reason else "restart",
                     "%s; waiting to re-acquire the lease",
                     summary.stop_reason,
                     reason=summary.stop_reason,
@@ -481,8 +564,15 @@ def _run(
     finally:
         if metrics_server is not None:
             metrics_server.close()
-        log.close()
+        stream_log.close()
         store.close()
+
+
+def _moved(current: list[Runner[Any, Any]], stream: str, old: str, new: str) -> None:
+    """The master serving ``stream`` changed: end the run without a final snapshot; the
+    loop restarts from the stored one, expecting what was folded (``Runner.expect``)."""
+    for r in list(current):
+        r.abandon(f"the master serving {stream} changed from {old} to {new} (a failover)")
 
 
 def _resolution(error: BaseException, stream: str) -> str:

@@ -6,11 +6,22 @@ from pathlib import Path
 
 import click
 
-from ..cli_common import DomainCli
+from ..cli_common import DomainCli, Partitioning
+from ..keys import StreamKeys
 from . import ShopDomain
 from .wire import load_price_list
 
-__all__ = ["SHOP_CLI", "build_shop"]
+__all__ = ["SHOPS_REGISTRY", "SHOP_CLI", "SHOP_PARTITIONING", "build_shop"]
+
+SHOPS_REGISTRY = "shops"
+"""The Redis set of shop ids: producers ``SADD`` a shop before its first append; a pool
+of runners (``redis_runner --pool``) serves every member. One key without a hash tag:
+only single-key commands touch it (``SADD``, ``SCARD``, ``SMEMBERS``), so its slot may
+be any; it is read by each pool worker about twice a second (``SCARD``) and in full
+only when its size changed (shops are never removed)."""
+
+SHOP_PARTITIONING = Partitioning("shop", StreamKeys.for_shop, SHOPS_REGISTRY)
+"""Shops as partitions: ``--shop ID`` is the stream ``shop:{ID}`` and its companions."""
 
 
 def build_shop(price_list: Path | None = None) -> ShopDomain:
@@ -37,5 +48,6 @@ SHOP_CLI = DomainCli(
         )
     ],
     build=build_shop,
+    partitioning=SHOP_PARTITIONING,
 )
 """The shop for the generic command lines (runner, inspect)."""

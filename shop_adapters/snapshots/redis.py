@@ -39,7 +39,7 @@ import redis
 
 from ..errors import FencedError, IntegrityError
 from ..protocols import ORIGIN, Position
-from ..redis_errors import classify
+from ..redis_errors import REDIS_ERRORS, classify
 
 if TYPE_CHECKING:
     from ..lease import Lease
@@ -94,7 +94,7 @@ def _translate(what: str, key: str) -> Iterator[None]:
                 f"snapshot key {key!r} holds a value that is not a hash: {e}"
             ) from e
         raise classify(e, f"{what} {key!r}", key) from e
-    except redis.exceptions.RedisError as e:
+    except REDIS_ERRORS as e:
         raise classify(e, f"{what} {key!r}", key) from e
 
 
