@@ -63,6 +63,7 @@ __all__ = [
     "resolve_stream",
     "resolve_url",
     "setup_logging",
+    "single_server_options",
 ]
 
 DEFAULT_DATA_DIR = "./.shop-data"
@@ -290,6 +291,12 @@ def connection_options(f: F) -> F:
         help="The URL names a node of a Redis Cluster: use redis-py's RedisCluster "
         "(default: ask the server, INFO cluster).",
     )(f)
+    return single_server_options(f)
+
+
+def single_server_options(f: F) -> F:
+    """Click options ``--redis-url``, ``--stream``, ``--data-dir``: for commands that
+    talk to one Redis server (the read side: its scripts span keys of no one slot)."""
     f = click.option(
         "--data-dir",
         type=click.Path(file_okay=False, path_type=Path),

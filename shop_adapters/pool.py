@@ -87,6 +87,7 @@ from .catchup import Batch, Checkpoint
 from .domain import Domain
 from .errors import FencedError, IntegrityError, OperationalError, PermanentError
 from .fenced import FencedOutcomeJournal, FencedStreamLog
+from .history import RedisSnapshotHistory
 from .keys import StreamKeys
 from .lease import Lease, default_owner
 from .protocols import ORIGIN, EventLog, Position, SnapshotStore
@@ -486,6 +487,7 @@ class _Slot:
             journal=journal,
             observer=_Observer(self, inner),
             logger=self.logger,
+            history=RedisSnapshotHistory(client, keys.history),
         )
         if expected is not None:
             runner.expect(expected)

@@ -37,6 +37,7 @@ from .cli_common import (
 )
 from .domain import Domain
 from .errors import OperationalError, PermanentError
+from .history import HistoryPolicy
 from .metrics import RunnerMetrics, StreamObserver, serve
 from .pool import PoolConfig, PoolKeys, Worker
 from .protocols import EventLog
@@ -73,6 +74,9 @@ def run_pool(
     metrics_addr: str,
     wait_replicas: int,
     wait_replicas_timeout: float,
+    history_last: int,
+    history_every: int,
+    history_limit: int,
 ) -> None:
     """Serve the pool of ``partitioning.registry`` until SIGINT/SIGTERM (see the module)."""
     stop = threading.Event()
@@ -117,6 +121,9 @@ def run_pool(
         retry=RetryPolicy(give_up_after=None),
         key_window=key_window,
         tune_gc=False,
+        history=None
+        if history_limit == 0
+        else HistoryPolicy(min(history_last, history_limit), history_every, history_limit),
     )
     config = PoolConfig(lease_ttl_s=lease_ttl, tick_s=min(0.5, lease_ttl / 4), wait=wait)
     observers: dict[str, StreamObserver] = {}

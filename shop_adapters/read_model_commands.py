@@ -41,11 +41,11 @@ from .cli_common import (
     CleanErrorsGroup,
     FiniteFloat,
     clean_error_message,
-    connection_options,
     make_client,
     mask_url,
     resolve_url,
     setup_logging,
+    single_server_options,
 )
 from .consumer_group import (
     GroupWorker,
@@ -157,7 +157,7 @@ def projector_command(cli: ReadModelCli) -> click.Command:
     names = [p.name for p in cli.projections()]
 
     @click.command(cls=CleanErrorsCommand)
-    @connection_options
+    @single_server_options
     @click.option(
         "--projection",
         "selected",
@@ -238,7 +238,7 @@ def worker_command(cli: ReadModelCli) -> click.Command:
     """The consumer-group worker's click command for ``cli`` (see the module docstring)."""
 
     @click.command(cls=CleanErrorsCommand)
-    @connection_options
+    @single_server_options
     @click.option("--group", default=cli.group, show_default=True, help="The consumer group.")
     @click.option(
         "--consumer",
@@ -415,7 +415,7 @@ def query_group(cli: ReadModelCli, commands: Sequence[click.Command]) -> click.G
     their :class:`ReadSide` with :data:`pass_read_side`)."""
 
     @click.group(cls=CleanErrorsGroup)
-    @connection_options
+    @single_server_options
     @click.pass_context
     def group(ctx: click.Context, redis_url: str | None, stream: str, data_dir: Path) -> None:
         """Answer from the read models (views) the projector keeps; read-only.

@@ -244,8 +244,8 @@ def runner_command(domain_cli: DomainCli) -> click.Command:
         is_flag=True,
         help="Join the pool of runners serving every partition in the registry "
         "(see shop_adapters.pool): claim a fair share by lease, run each, hand them over "
-        "when workers join or die. Not with --stream, --exit-when-idle, --from-scratch "
-        "or --accept-*.",
+        "when workers join or die. Not with --stream, --exit-when-idle, --from-scratch, "
+        "--accept-*, --archive or --snapshot-in-child (a fork of a threaded process).",
     )
     def main(**options: Any) -> None:
         """Fold the Redis stream into the domain's state; snapshot; follow the tail.
@@ -297,6 +297,8 @@ def _pool(domain_cli: DomainCli, options: dict[str, Any]) -> None:
         "accept_gap",
         "accept_rollback",
         "reason",
+        "archive",
+        "snapshot_in_child",
     ):
         source = ctx.get_parameter_source(name)
         if source is not None and source is not click.core.ParameterSource.DEFAULT:
@@ -311,6 +313,8 @@ def _pool(domain_cli: DomainCli, options: dict[str, Any]) -> None:
         "accept_rollback",
         "reason",
         "progress",
+        "archive",
+        "snapshot_in_child",
     ):
         options.pop(name, None)
     domain = domain_cli.take(options)
@@ -383,7 +387,6 @@ def _run(
     keys = StreamKeys.for_stream(stream)
     url = resolve_url(redis_url, data_dir)
     event(_log, INFO, "connect", "stream %s at %s", stream, mask_url(url), url=mask_url(url))
-    client = make_client(url, BLOCK_MS, cluster=cluster)
     retry = RetryPolicy(give_up_after=give_up_after)
     if allow_eviction:
         event(
@@ -396,6 +399,8 @@ def _run(
         # Redis may not be up yet: retried under --give-up-after like every later call.
         for attempt in retry.attempts("checking the Redis server", stop=stop, logger=_log):
             with attempt:
+                # Without --cluster/--no-cluster the client asks the server (INFO cluster).
+                client = make_client(url, BLOCK_MS, cluster=cluster)
                 refuse_own_stream(client, stream)
                 if not allow_eviction:
                     refuse_eviction(client)

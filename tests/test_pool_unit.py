@@ -165,7 +165,14 @@ def test_a_shop_id_with_braces_is_refused() -> None:
 
 
 def test_a_pool_worker_serves_every_shop_so_takes_no_stream() -> None:
-    for args in (["--stream", "x"], ["--shop", "x"], ["--exit-when-idle"], ["--from-scratch"]):
+    for args in (
+        ["--stream", "x"],
+        ["--shop", "x"],
+        ["--exit-when-idle"],
+        ["--from-scratch"],
+        ["--archive", "a.log"],
+        ["--snapshot-in-child"],
+    ):
         result = CliRunner().invoke(redis_runner.main, ["--pool", *args])
         assert result.exit_code == 2, result.output
         assert "a --pool worker serves them all" in result.output
