@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -164,13 +165,15 @@ def test_a_shop_id_with_braces_is_refused() -> None:
     assert result.exit_code == 2 and "without braces" in result.output
 
 
-def test_a_pool_worker_serves_every_shop_so_takes_no_stream() -> None:
+def test_a_pool_worker_serves_every_shop_so_takes_no_stream(tmp_path: Path) -> None:
+    archive = tmp_path / "a.log"
+    archive.touch()
     for args in (
         ["--stream", "x"],
         ["--shop", "x"],
         ["--exit-when-idle"],
         ["--from-scratch"],
-        ["--archive", "a.log"],
+        ["--archive", str(archive)],
         ["--snapshot-in-child"],
     ):
         result = CliRunner().invoke(redis_runner.main, ["--pool", *args])
