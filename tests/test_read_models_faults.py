@@ -17,7 +17,9 @@ Every wait is on observable state (Redis keys, log lines) with a deadline.
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import threading
 import time
 from typing import Any
@@ -303,9 +305,22 @@ def test_two_workers_one_killed_mid_batch_write_each_receipt_exactly_once(
         return bool(ids) and any(redis_client.smismember(done, ids))
 
     with worker(redis_server.url, stream, "a") as a, worker(redis_server.url, stream, "b") as b:
-        wait_until(lambda: not a.alive() or mid_batch(), 60, "worker a to be in mid-batch")
-        a.kill()
+
+        def frozen_mid_batch() -> bool:
+            """Freeze worker a (SIGSTOP) while it is in mid-batch; else let it go on."""
+            if not a.alive():
+                return True
+            if not mid_batch():
+                return False
+            os.kill(a.proc.pid, signal.SIGSTOP)
+            if mid_batch():
+                return True
+            os.kill(a.proc.pid, signal.SIGCONT)
+            return False
+
+        wait_until(frozen_mid_batch, 60, "worker a to be in mid-batch")
         assert mid_batch(), "worker a was not killed in the middle of a batch"
+        a.kill()
 
         def finished() -> bool:
             (group,) = redis_client.xinfo_groups(f"{stream}:outcomes")
