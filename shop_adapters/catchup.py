@@ -22,7 +22,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from .domain import Domain, Folder, Outcome, Tally
 from .errors import GapError, IntegrityError
-from .idempotency import DEFAULT_WINDOW, KEY_FIELD, KeyWindow, check_key
+from .idempotency import DEFAULT_WINDOW, KEY_FIELD, KeyWindow, oversize_letter
 from .protocols import (
     ANCHOR_FIELD,
     ORIGIN,
@@ -204,50 +204,31 @@ def _consume_each(
     """The general path of :func:`consume`: one outcome per record."""
     answers: list[Outcome | None] = [None] * len(records)
     letters: dict[int, DeadLetter] = {}
-    keyed: dict[int, bytes] = {}  # slot -> key first seen in this record
-    repeats: list[tuple[int, bytes]] = []  # slot -> key seen earlier in this batch
-    to_decode: list[int] = []
-    for slot, record in enumerate(records):
-        fields = record.fields
-        if OVERSIZE_FIELD in fields:
-            size = fields[OVERSIZE_FIELD].decode("ascii")
-            letters[slot] = DeadLetter(
-                record.position,
-                {},
-                f"entry too large to read: {size} bytes, over the log's entry limit; it "
-                "stays in the log, its fields are not copied here",
-            )
-            continue
-        key = fields.get(KEY_FIELD) if keys is not None else None
-        if key is not None and keys is not None:
-            why = check_key(key)
-            if why is not None:
-                letters[slot] = DeadLetter(record.position, fields, why)
-                continue
-            index = first_index + slot
-            repeat = keys.classify(key, fields, index)
-            if repeat is not None:
-                answers[slot] = repeat
-                if repeat.status == "duplicate" and repeat.verdict is None:
-                    repeats.append((slot, key))  # its first record is in this batch
-                continue
-            keys.remember(key, fields, index, record.position, None)
-            keyed[slot] = key
-        to_decode.append(slot)
+    if keys is not None:
+        screened = keys.screen(records, first_index, answers, letters)
+        to_decode = screened.fold
+    else:
+        to_decode = []
+        for slot, record in enumerate(records):
+            if OVERSIZE_FIELD in record.fields:
+                letters[slot] = oversize_letter(record)
+            else:
+                to_decode.append(slot)
     pairs, decode_letters = domain.decode_records([records[i] for i in to_decode])
-    by_position = {r.position: i for i, r in ((i, records[i]) for i in to_decode)}
-    for letter in decode_letters:
-        letters[by_position[letter.position]] = letter
     verdicts = folder.fold_each([e for _, e in pairs])
-    for (position, _), verdict in zip(pairs, verdicts, strict=True):
-        answers[by_position[position]] = verdict
+    if not decode_letters:
+        for slot, verdict in zip(to_decode, verdicts, strict=True):
+            answers[slot] = verdict
+    else:
+        by_position = {records[i].position: i for i in to_decode}
+        for letter in decode_letters:
+            letters[by_position[letter.position]] = letter
+        for (position, _), verdict in zip(pairs, verdicts, strict=True):
+            answers[by_position[position]] = verdict
     for slot, letter in letters.items():
         answers[slot] = Outcome("dead_letter", message=letter.reason)
     if keys is not None:
-        for slot, key in keyed.items():
-            keys.settle(key, first_index + slot, answers[slot])
-        for slot, key in repeats:
-            answers[slot] = keys.classify(key, records[slot].fields, first_index + slot)
+        keys.settle_batch(screened, answers)
     done = [a for a in answers if a is not None]
     assert len(done) == len(records)
     out = [(r.position, a) for r, a in zip(records, done, strict=True)]
@@ -256,7 +237,7 @@ def _consume_each(
         last.position,
         len(records),
         record_anchor(last.fields),
-        _tally([a for a in done if a.status != "dead_letter"]),
+        _tally([a for a in done if a.status != "dead_letter"] if letters else done),
         [letters[i] for i in sorted(letters)],
         out,
     )

@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Annotated
+from collections.abc import Mapping, Sequence
+from typing import Annotated, NamedTuple
 
 import msgspec
 
 from .domain import Outcome
-from .protocols import Position
+from .protocols import OVERSIZE_FIELD, DeadLetter, Position, Record
 
 _Nat = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -68,6 +67,7 @@ __all__ = [
     "MAX_KEY_BYTES",
     "KeyWindow",
     "Remembered",
+    "Screened",
     "check_key",
 ]
 
@@ -98,6 +98,17 @@ def check_key(raw: bytes) -> str | None:
     return None
 
 
+def oversize_letter(record: Record) -> DeadLetter:
+    """The dead letter of a stand-in for an entry too large to read (its fields not copied)."""
+    size = record.fields[OVERSIZE_FIELD].decode("ascii")
+    return DeadLetter(
+        record.position,
+        {},
+        f"entry too large to read: {size} bytes, over the log's entry limit; it "
+        "stays in the log, its fields are not copied here",
+    )
+
+
 def fingerprint(fields: Mapping[bytes, bytes]) -> bytes:
     """MD5 (16 bytes) of the fields but the key, each framed ``<length>:<bytes>``."""
     md5 = hashlib.md5(usedforsecurity=False)
@@ -107,16 +118,50 @@ def fingerprint(fields: Mapping[bytes, bytes]) -> bytes:
     return md5.digest()
 
 
-@dataclass(frozen=True, slots=True)
-class Remembered:
+class Remembered(NamedTuple):
     """A remembered key: the ``index`` (records consumed since the origin, the
     record's own included) and ``position`` of the record that carried it first,
-    the ``fingerprint`` of its entry and its ``outcome``."""
+    the ``fingerprint`` of its entry and its ``outcome`` (``None`` until known).
+    ``ordinal``: records consumed since the origin, the record's own included."""
 
-    index: int
+    ordinal: int
     position: Position
     fingerprint: bytes
     outcome: Outcome | None
+
+
+# A window entry: (ordinal, position, fingerprint, outcome), a plain tuple: with
+# atomic members the garbage collector stops tracking it, so a full window costs
+# the collections nothing.
+_Entry = tuple[int, Position, bytes, Outcome | None]
+
+
+def _repeat(key: bytes, first: _Entry, fields: Mapping[bytes, bytes]) -> Outcome:
+    """The outcome of a record carrying ``key`` already remembered as ``first``."""
+    _, position, print_, o = first
+    if fingerprint(fields) == print_:
+        if o is None:  # the first record is in the same batch, not folded yet
+            return Outcome("duplicate", duplicate_of=position)
+        return Outcome("duplicate", o.kind, o.code, o.message, o.detail, position, o.status)
+    return Outcome(
+        "rejected",
+        None,
+        KEY_REUSED,
+        f"idempotency key {key.decode('utf-8', 'replace')!r} was used at "
+        f"{position} for a different entry",
+    )
+
+
+class Screened(NamedTuple):
+    """What :meth:`KeyWindow.screen` found in a batch, by slot (index in the batch):
+    ``fold`` the slots to decode and fold, in order; ``fresh`` the slots whose key
+    was remembered unsettled, with the key and its window entry; ``repeats`` the
+    duplicates of a record of this batch: ``(slot, the first's slot, its
+    position)``, answered once the first is."""
+
+    fold: list[int]
+    fresh: list[tuple[int, bytes, _Entry]]
+    repeats: list[tuple[int, int, Position]]
 
 
 class KeyWindow:
@@ -132,11 +177,16 @@ class KeyWindow:
         if type(size) is not int or size < 1:
             raise ValueError(f"the key window is a positive number of records, got {size!r}")
         self.size = size
-        self._keys: dict[bytes, Remembered] = {}
+        self._keys: dict[bytes, _Entry] = {}
         self._order: deque[tuple[int, bytes]] = deque()
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def lookup(self, key: bytes) -> Remembered | None:
+        """What the window remembers of ``key``, or ``None``."""
+        first = self._keys.get(key)
+        return None if first is None else Remembered(*first)
 
     def expire(self, index: int) -> None:
         """Forget the keys record ``index`` no longer sees: those of records before
@@ -153,28 +203,7 @@ class KeyWindow:
         (fold it, then :meth:`remember` it). Expires older keys first."""
         self.expire(index)
         first = self._keys.get(key)
-        if first is None:
-            return None
-        if fingerprint(fields) == first.fingerprint:
-            o = first.outcome
-            if o is None:  # the first record is in the same batch, not folded yet
-                return Outcome("duplicate", duplicate_of=first.position)
-            return Outcome(
-                "duplicate",
-                o.kind,
-                o.code,
-                o.message,
-                o.detail,
-                first.position,
-                o.status,
-            )
-        return Outcome(
-            "rejected",
-            None,
-            KEY_REUSED,
-            f"idempotency key {key.decode('utf-8', 'replace')!r} was used at "
-            f"{first.position} for a different entry",
-        )
+        return None if first is None else _repeat(key, first, fields)
 
     def remember(
         self,
@@ -186,15 +215,82 @@ class KeyWindow:
     ) -> None:
         """Remember ``key`` as first carried by record ``index`` at ``position``, with
         its ``outcome`` (``None`` until it is known: see :meth:`settle`)."""
-        self._keys[key] = Remembered(index, position, fingerprint(fields), outcome)
+        self._keys[key] = (index, position, fingerprint(fields), outcome)
         self._order.append((index, key))
 
     def settle(self, key: bytes, index: int, outcome: Outcome | None) -> None:
         """Record the outcome of record ``index``, remembered with ``key`` before it
         was folded (nothing to do if the key has left the window since)."""
         first = self._keys.get(key)
-        if first is not None and first.index == index:
-            self._keys[key] = Remembered(index, first.position, first.fingerprint, outcome)
+        if first is not None and first[0] == index:
+            self._keys[key] = (index, first[1], first[2], outcome)
+
+    def screen(
+        self,
+        records: Sequence[Record],
+        first_index: int,
+        answers: list[Outcome | None],
+        letters: dict[int, DeadLetter],
+    ) -> Screened:
+        """One pass over a batch (``records``, the first being record number
+        ``first_index``), in log order: a stand-in for an oversize entry or a bad
+        key goes to ``letters``, a repeat's outcome to ``answers``, each new key is
+        remembered (unsettled); the same as :meth:`classify` then :meth:`remember`
+        record by record, without a call per record (the replay hot path)."""
+        keys, order = self._keys, self._order
+        get, push = keys.get, order.append
+        size = self.size
+        fold: list[int] = []
+        fresh: list[tuple[int, bytes, _Entry]] = []
+        repeats: list[tuple[int, int, Position]] = []
+        keep = fold.append
+        for slot, record in enumerate(records):
+            fields = record.fields
+            if OVERSIZE_FIELD in fields:
+                letters[slot] = oversize_letter(record)
+                continue
+            key = fields.get(KEY_FIELD)
+            if key is None:
+                keep(slot)
+                continue
+            if not (type(key) is bytes and 0 < len(key) <= MAX_KEY_BYTES and key.isascii()):
+                why = check_key(key)
+                if why is not None:
+                    letters[slot] = DeadLetter(record.position, fields, why)
+                    continue
+            index = first_index + slot
+            horizon = index - size - 1
+            while order and order[0][0] <= horizon:
+                del keys[order.popleft()[1]]
+            first = get(key)
+            if first is not None:
+                repeat = _repeat(key, first, fields)
+                answers[slot] = repeat
+                if first[3] is None and repeat.status == "duplicate":
+                    # Its first record is in this batch: answered once that one is
+                    # (by then the key may have left the window, or come back).
+                    repeats.append((slot, first[0] - first_index, first[1]))
+                continue
+            entry = keys[key] = (index, record.position, fingerprint(fields), None)
+            push((index, key))
+            fresh.append((slot, key, entry))
+            keep(slot)
+        return Screened(fold, fresh, repeats)
+
+    def settle_batch(self, screened: Screened, answers: list[Outcome | None]) -> None:
+        """Settle the outcomes of a batch :meth:`screen` saw, once every record
+        but the repeats is answered: every fresh key gets its record's answer,
+        and each repeat of a record of the batch the duplicate of that answer."""
+        keys = self._keys
+        for slot, key, entry in screened.fresh:
+            if keys.get(key) is entry:  # else it has left the window since
+                keys[key] = (entry[0], entry[1], entry[2], answers[slot])
+        for slot, first_slot, position in screened.repeats:
+            o = answers[first_slot]
+            assert o is not None, "the first record of a key is answered before its repeats"
+            answers[slot] = Outcome(
+                "duplicate", o.kind, o.code, o.message, o.detail, position, o.status
+            )
 
     # -- snapshots --------------------------------------------------------------------
 
@@ -203,7 +299,7 @@ class KeyWindow:
         (msgspec): ``{"size", "keys", "index", "major", "minor", "fingerprint"
         (32 hex digits a key, joined), "outcomes" (each distinct outcome once, as
         :meth:`Outcome.to_json`), "outcome" (an index into them, -1: not known)}``."""
-        order = [self._keys[k] for _, k in self._order]
+        order = [Remembered(*self._keys[k]) for _, k in self._order]
         table: dict[bytes, int] = {}
         outcomes: list[bytes] = []
         refs: list[int] = []
@@ -220,7 +316,7 @@ class KeyWindow:
         body = _Window(
             self.size,
             [k.decode() for _, k in self._order],
-            [r.index for r in order],
+            [r.ordinal for r in order],
             [r.position.major for r in order],
             [r.position.minor for r in order],
             b"".join(r.fingerprint for r in order).hex(),
@@ -250,7 +346,7 @@ class KeyWindow:
                 last = index
                 ref = w.outcome[i]
                 k = w.keys[i].encode()
-                window._keys[k] = Remembered(
+                window._keys[k] = (
                     index,
                     Position(w.major[i], w.minor[i]),
                     prints[16 * i : 16 * i + 16],

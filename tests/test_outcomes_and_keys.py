@@ -109,6 +109,65 @@ def test_a_key_reused_with_another_event_never_changes_the_state(
     assert [a for a in answers_reused if a.code != KEY_REUSED] == answers
 
 
+def _key_statuses_model(entries: list[dict[str, Any]], window: int) -> list[str]:
+    """Status of each entry, one record at a time, straight from the module's rules."""
+    remembered: dict[str, tuple[int, dict[str, Any], str]] = {}  # key -> (ordinal, rest, status)
+    statuses: list[str] = []
+    for ordinal, entry in enumerate(entries, start=1):
+        remembered = {k: v for k, v in remembered.items() if v[0] > ordinal - window - 1}
+        key = entry.get("key")
+        rest = {k: v for k, v in entry.items() if k != "key"}
+        if key == "":
+            statuses.append("dead_letter")
+        elif key is None:
+            statuses.append("folded")
+        elif key in remembered:
+            statuses.append("duplicate" if remembered[key][1] == rest else "rejected")
+        else:
+            remembered[key] = (ordinal, rest, "folded")
+            statuses.append("folded")
+    return statuses
+
+
+@settings(max_examples=80, deadline=None)
+@given(histories(), st.data())
+def test_keys_give_the_same_answers_whatever_the_batching(
+    history: list[Any], data: st.DataObject
+) -> None:
+    """Repeats within a batch, keys leaving the window mid-batch, bad keys: any
+    batch size gives the answers of one record at a time, and the model's."""
+    pool = ["a", "b", "c", "", None]
+    entries: list[dict[str, Any]] = []
+    for event in history:
+        key = data.draw(st.sampled_from(pool))
+        entry = {**encode_event(event), **({} if key is None else {"key": key})}
+        entries.append(entry)
+        if entries and data.draw(st.booleans()):
+            entries.append(dict(data.draw(st.sampled_from(entries))))  # a retry
+    window = data.draw(st.integers(1, 6))
+    batch = data.draw(st.integers(1, max(1, len(entries))))
+    log = MemoryLog()
+    if entries:
+        log.append(entries)
+    one: list[tuple[Position, Outcome]] = []
+    many: list[tuple[Position, Outcome]] = []
+    first = replay(log, SHOP, key_window=window, outcomes=one, batch_size=1)
+    second = replay(log, SHOP, key_window=window, outcomes=many, batch_size=batch)
+    assert many == one
+    assert state_digest(second.state) == state_digest(first.state)
+    assert second.keys is not None and first.keys is not None
+    assert second.keys.encode() == first.keys.encode()
+    seen = [
+        o.status
+        if o.status in ("duplicate", "dead_letter")
+        else "rejected"
+        if o.code == KEY_REUSED
+        else "folded"
+        for _, o in one
+    ]
+    assert seen == _key_statuses_model(entries, window)
+
+
 def test_beyond_the_window_a_repeated_key_is_applied_again() -> None:
     entries = keyed([TopUp(1, 5)]) + keyed([TopUp(2, 1)] * 3, "filler") + keyed([TopUp(1, 5)])
     digest, answers = fold_log(entries, window=3)
