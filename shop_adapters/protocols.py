@@ -86,9 +86,9 @@ ANCHOR_FIELD = b"\x00anchor"
 """See :data:`OVERSIZE_FIELD`."""
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One log record: its ``position`` and its raw ``fields``."""
+class Record(NamedTuple):
+    """One log record: its ``position`` and its raw ``fields`` (a named tuple: a
+    catch-up builds one per record, and a tuple is the cheapest to build)."""
 
     position: Position
     fields: Fields

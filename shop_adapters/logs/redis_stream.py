@@ -104,6 +104,19 @@ def _records(entries: Sequence[Any] | None) -> list[Record]:
     return [Record(_position(i), _fields(f)) for i, f in entries]
 
 
+def _script_records(raw: list[Any]) -> list[Record]:
+    """A bytes reply of :data:`BUDGETED_XRANGE` (``[[id, [name, value, ...]], ...]``)
+    as records, in one pass (the catch-up hot path)."""
+    out: list[Record] = []
+    append = out.append
+    for entry_id, flat in raw:
+        ms, sep, seq = entry_id.partition(b"-")
+        position = _new_position(Position, (int(ms), int(seq))) if sep else _position(entry_id)
+        it = iter(flat)
+        append(Record(position, dict(zip(it, it, strict=True))))
+    return out
+
+
 def _pairs(flat: list[Any]) -> dict[Any, Any]:
     """``[name, value, name, value, ...]`` as a dict, in order."""
     it = iter(flat)
@@ -337,6 +350,8 @@ class RedisStreamLog:
                     keys=[self.stream],
                     args=[start, limit, self.max_batch_bytes or 0, self.max_entry_bytes],
                 )
+                if raw and type(raw[0][0]) is bytes:
+                    return _script_records(raw)
                 # A script's reply is raw: each entry's fields a flat [name, value, ...].
                 reply = [(i, _pairs(f)) for i, f in raw]
         return _records(reply)
