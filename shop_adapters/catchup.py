@@ -106,11 +106,14 @@ class ReadAhead:
 
 class Checkpoint(NamedTuple):
     """Where a fold stands: its last ``position``, the ``records`` consumed to reach
-    it, and the ``anchor`` of the record at ``position`` (``None`` at the origin)."""
+    it, the ``anchor`` of the record at ``position`` (``None`` at the origin), and
+    ``gap_accepted``: the highest deleted record an operator accepted to fold
+    over (``--accept-gap``), while the fold has not passed it (else ``None``)."""
 
     position: Position
     records: int
     anchor: str | None
+    gap_accepted: Position | None = None
 
 
 @dataclass(slots=True)
@@ -271,6 +274,7 @@ def replay(
     key_window: int | None = DEFAULT_WINDOW,
     outcomes: list[tuple[Position, Outcome]] | None = None,
     batch_size: int = 10_000,
+    gap_accepted: Position | None = None,
 ) -> Replayed[S]:
     """Read-only fold of the records strictly after ``after`` up to and including
     ``until`` (default: the log's end at the time of reading), from ``state``
@@ -280,10 +284,11 @@ def replay(
     Idempotency keys are honoured as the runner does: ``keys`` continues a
     window (a snapshot's), else a fresh one of ``key_window`` records
     (``None``: keys ignored). With ``outcomes``, the outcome of every record is
-    appended to that list. Writes nothing. Raises ``OperationalError`` from the
-    log and ``GapError``/``IntegrityError`` from :func:`check_continuity`.
+    appended to that list. ``gap_accepted``: see :class:`Checkpoint`. Writes
+    nothing. Raises ``OperationalError`` from the log and
+    ``GapError``/``IntegrityError`` from :func:`check_continuity`.
     """
-    check_continuity(log, after, records_before, anchor)
+    check_continuity(log, after, records_before, anchor, gap_accepted)
     folder = domain.folder(domain.initial if state is None else state)
     if keys is None and key_window is not None:
         keys = KeyWindow(key_window)
@@ -312,11 +317,17 @@ def replay(
 
 
 def check_continuity(
-    log: EventLog, position: Position, records: int = 0, anchor: str | None = None
+    log: EventLog,
+    position: Position,
+    records: int = 0,
+    anchor: str | None = None,
+    gap_accepted: Position | None = None,
 ) -> None:
     """Raise unless ``log`` still holds the history of a state folded from its first
     ``records`` records up to ``position``, the last of them with ``anchor``
-    (:func:`record_anchor`; ``None``: not checked).
+    (:func:`record_anchor`; ``None``: not checked). Deleted records up to
+    ``gap_accepted`` were accepted as lost by an operator: not a gap (records
+    deleted after it are).
 
     - At ``ORIGIN`` (a fold from scratch): :class:`GapError` if the log says
       any record was ever deleted (what is left cannot rebuild the state).
@@ -331,13 +342,17 @@ def check_continuity(
     ``OperationalError`` from the log passes through.
     """
     h = log.history()
+    max_deleted = h.max_deleted
+    if max_deleted is not None and gap_accepted is not None and max_deleted <= gap_accepted:
+        max_deleted = None
     if position == ORIGIN:
         deleted = 0 if h.added is None else h.added - h.length
-        if h.max_deleted is None and not deleted:
+        # After an accepted gap, the lost records count as consumed.
+        if max_deleted is None and deleted <= (0 if gap_accepted is None else records):
             return
         what = (
             f"entries up to {h.max_deleted} were deleted"
-            if h.max_deleted is not None
+            if max_deleted is not None
             else f"{deleted} entries before its first record {h.first} were deleted"
             if deleted > 0
             else f"its first record is {h.first}, after records that are missing"
@@ -382,7 +397,7 @@ def check_continuity(
                 f"the record at {position} is not the one the state was folded to "
                 f"(its fields differ): {lost}"
             )
-    if h.max_deleted is not None and h.max_deleted > position:
+    if max_deleted is not None and max_deleted > position:
         raise GapError(
             f"the state is at {position} but record {h.max_deleted}, after it, was deleted "
             "from the log (XDEL or XTRIM): refusing to fold over the gap"

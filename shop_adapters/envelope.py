@@ -21,7 +21,10 @@ snapshot is executed)::
   still holds the record the state was folded to;
 - ``key_window``: the idempotency window in records (``null``: keys not
   honoured), and the remembered keys after the body
-  (:mod:`shop_adapters.idempotency`).
+  (:mod:`shop_adapters.idempotency`);
+- ``gap_accepted`` (only when set): the highest deleted record an operator
+  accepted to fold over (``--accept-gap``), later than ``position``, so that
+  the next restore does not stop at the same gap again.
 
 :func:`decode_snapshot` refuses (``Failure(reason)``) anything it cannot trust:
 empty, truncated, another format or format version (format 1, written before
@@ -95,7 +98,8 @@ class Snapshot(Generic[S]):
     - ``dead_letters``: how many of them were dead letters;
     - ``tally``: cumulative :class:`~shop_adapters.domain.Tally` of the events;
     - ``anchor``: fingerprint of the record at ``position`` (``None`` at the origin);
-    - ``keys``: the remembered idempotency keys (``None``: keys not honoured).
+    - ``keys``: the remembered idempotency keys (``None``: keys not honoured);
+    - ``gap_accepted``: see :class:`~shop_adapters.catchup.Checkpoint`.
     """
 
     state: S
@@ -105,6 +109,7 @@ class Snapshot(Generic[S]):
     tally: Tally = field(default_factory=Tally)
     anchor: str | None = None
     keys: KeyWindow | None = None
+    gap_accepted: Position | None = None
 
 
 class Header(NamedTuple):
@@ -155,6 +160,8 @@ def encode_snapshot(snapshot: Snapshot[S], domain: Domain[S, Any]) -> bytes:
         "body_length": len(body),
         "keys_length": len(keys),
     }
+    if snapshot.gap_accepted is not None:
+        header["gap_accepted"] = str(snapshot.gap_accepted)
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     sha = hashlib.sha256(_MAGIC)
     sha.update(head)
@@ -242,7 +249,7 @@ def _decode(blob: bytes, domain: Domain[S, Any], key_window: int | None) -> Snap
             f"unknown snapshot format version {fmt!r:.40} (this build reads {FORMAT_VERSION}; "
             "rebuild by replay)"
         )
-    if set(header) != _KEYS:
+    if set(header) != _KEYS and set(header) != _KEYS | {"gap_accepted"}:
         missing, extra = sorted(_KEYS - set(header)), sorted(set(header) - _KEYS)
         what = f"missing field {missing[0]!r}" if missing else f"unexpected field {extra[0]!r:.80}"
         raise _Invalid(f"corrupt snapshot header: {what}")
@@ -283,6 +290,17 @@ def _decode(blob: bytes, domain: Domain[S, Any], key_window: int | None) -> Snap
     anchor = _hex_or_none(header, "anchor", 40)
     if (anchor is None) != (position == ORIGIN):
         raise _Invalid("corrupt snapshot header: an anchor goes with every position but 0-0")
+    gap_accepted: Position | None = None
+    if "gap_accepted" in header:
+        try:
+            text = header["gap_accepted"]
+            if type(text) is not str:
+                raise ValueError("gap_accepted must be a 'major-minor' string")
+            gap_accepted = Position.parse(text)
+        except ValueError as exc:
+            raise _Invalid(f"corrupt snapshot header: {exc}") from None
+        if gap_accepted <= position:
+            raise _Invalid("corrupt snapshot header: gap_accepted must be after the position")
     try:
         tally = Tally.from_json(header["tally"])
     except ValueError as exc:
@@ -311,7 +329,7 @@ def _decode(blob: bytes, domain: Domain[S, Any], key_window: int | None) -> Snap
         state = domain.decode_state(blob[start : start + body_length])
     except ValueError as exc:
         raise _Invalid(f"corrupt snapshot body: {exc}") from None
-    return Snapshot(state, position, records, dead, tally, anchor, keys)
+    return Snapshot(state, position, records, dead, tally, anchor, keys, gap_accepted)
 
 
 def _window(size: object) -> str:

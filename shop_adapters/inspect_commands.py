@@ -369,6 +369,7 @@ def state_at(obj: _Ctx, until: Position | None) -> StateAt:
                 anchor=snap.anchor,
                 keys=snap.keys,
                 key_window=None,
+                gap_accepted=snap.gap_accepted,
             )
         except IntegrityError as e:
             if isinstance(e, GapError):

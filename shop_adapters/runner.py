@@ -296,6 +296,7 @@ class Runner(Generic[S, E]):
         self._folder: Folder[S, E] = domain.folder(domain.initial)
         self.position: Position = ORIGIN
         self._anchor: str | None = None
+        self._gap_accepted: Position | None = None
         self._records = 0
         self._dead = 0
         self._tally = Tally()
@@ -351,8 +352,8 @@ class Runner(Generic[S, E]):
 
     @property
     def checkpoint(self) -> Checkpoint:
-        """Where the fold stands: position, records consumed, anchor."""
-        return Checkpoint(self.position, self._records, self._anchor)
+        """Where the fold stands: position, records consumed, anchor, accepted gap."""
+        return Checkpoint(self.position, self._records, self._anchor, self._gap())
 
     def expect(self, checkpoint: Checkpoint) -> None:
         """Before folding anything, :meth:`run` also checks that the log still holds
@@ -386,6 +387,7 @@ class Runner(Generic[S, E]):
     def _adopt(self, blob: bytes | None) -> None:
         domain = self.domain
         state, self.position, self._anchor = domain.initial, ORIGIN, None
+        self._gap_accepted = None
         self._records = self._dead = 0
         self._tally = Tally()
         window = self.config.key_window
@@ -417,6 +419,7 @@ class Runner(Generic[S, E]):
             match decode_snapshot(blob, domain, window):
                 case Success(snap):
                     state, self.position, self._anchor = snap.state, snap.position, snap.anchor
+                    self._gap_accepted = snap.gap_accepted
                     self._keys = snap.keys
                     self._records, self._dead, self._tally = (
                         snap.records,
@@ -519,11 +522,20 @@ class Runner(Generic[S, E]):
         try:
             if self._expected is not None:
                 check_continuity(self.log, *self._expected)
-            check_continuity(self.log, self.position, self._records, self._anchor)
+            self._check_continuity()
         except GapError as e:
             if accept != "gap":
                 raise
+            h = self.log.history()
+            # Remembered (and kept in snapshots) until the fold passes it, so that
+            # the next start does not stop at the same gap again.
+            self._gap_accepted = h.max_deleted
+            self._expected = None
             if self.position != ORIGIN:
+                if h.first > self.position and h.added is not None:
+                    # Trimmed away up to the first record: the lost records count
+                    # as consumed (so lag and continuity stay true).
+                    self._records = h.added - h.length
                 self._decide(
                     "accept-gap",
                     e,
@@ -533,7 +545,6 @@ class Runner(Generic[S, E]):
             # No usable snapshot: the fold starts at the origin, without the deleted
             # records. They count as consumed (so lag and continuity stay true), and
             # the answers published for the old history are set aside.
-            h = self.log.history()
             skipped = 0 if h.added is None else max(0, h.added - h.length)
             self._decide(
                 "accept-gap",
@@ -588,6 +599,7 @@ class Runner(Generic[S, E]):
     def _adopt_origin(self) -> None:
         domain = self.domain
         self.position, self._anchor, self._records, self._dead = ORIGIN, None, 0, 0
+        self._gap_accepted = None
         self._tally = Tally()
         window = self.config.key_window
         self._keys = None if window is None else KeyWindow(window)
@@ -651,7 +663,7 @@ class Runner(Generic[S, E]):
                 after_outage = attempt.retry_state.attempt_number > 1
                 if after_outage:
                     # After an outage the log must still hold what was consumed.
-                    check_continuity(self.log, self.position, self._records, self._anchor)
+                    self._check_continuity()
                 self._flush()
                 if catching_up:
                     records = self._reader.read_after(self.position, cfg.batch_size)
@@ -683,7 +695,15 @@ class Runner(Generic[S, E]):
         now = time.monotonic()
         if now - self._idle_check >= self.config.block_ms / 1000:
             self._idle_check = now
-            check_continuity(self.log, self.position, self._records, self._anchor)
+            self._check_continuity()
+
+    def _gap(self) -> Position | None:
+        """The accepted gap while the fold has not passed it."""
+        gap = self._gap_accepted
+        return gap if gap is not None and gap > self.position else None
+
+    def _check_continuity(self) -> None:
+        check_continuity(self.log, self.position, self._records, self._anchor, self._gap())
 
     def _consume(self, records: list[Record]) -> Batch:
         """Fold one batch through the catch-up step; the position moves at the end."""
@@ -740,7 +760,14 @@ class Runner(Generic[S, E]):
             keys.expire(self._records)
             keys = keys.copy()
         return Snapshot(
-            self.state, self.position, self._records, self._dead, self._tally, self._anchor, keys
+            self.state,
+            self.position,
+            self._records,
+            self._dead,
+            self._tally,
+            self._anchor,
+            keys,
+            self._gap(),
         )
 
     def _maybe_snapshot(self) -> None:

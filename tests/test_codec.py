@@ -486,6 +486,20 @@ def test_the_idempotency_keys_ride_along_and_their_window_must_match() -> None:
     assert "(snapshot: no keys, running: 100000 records)" in reason(decode_snapshot(keyless, SHOP))
 
 
+def test_an_accepted_gap_rides_along_only_when_set_and_after_the_position() -> None:
+    plain = Snapshot(fold([]), SOMEWHERE, 1, anchor=ANCHOR)
+    assert b"gap_accepted" not in encode_snapshot(plain, SHOP)
+    gap = Position(SOMEWHERE.major + 5, 0)
+    blob = encode_snapshot(Snapshot(fold([]), SOMEWHERE, 1, anchor=ANCHOR, gap_accepted=gap), SHOP)
+    assert decode(blob).unwrap().gap_accepted == gap
+    before = encode_snapshot(
+        Snapshot(fold([]), SOMEWHERE, 1, anchor=ANCHOR, gap_accepted=SOMEWHERE), SHOP
+    )
+    assert reason(decode(before)) == (
+        "corrupt snapshot header: gap_accepted must be after the position"
+    )
+
+
 def test_big_balances_survive_exactly() -> None:
     state = fold([TopUp(1, MAX_INT)] * 5 + [AddItem("cpu", MAX_INT, MAX_INT)] * 3)
     assert state.users[1].balance > 2**64

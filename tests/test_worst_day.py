@@ -557,6 +557,56 @@ def test_gap_after_a_snapshot_names_the_decision_and_verify_does_not_promise_a_r
     assert decision["at"] == str(last)
 
 
+def test_an_accepted_gap_is_accepted_once_and_a_later_gap_still_stops(
+    server: RedisServer,
+) -> None:
+    """The records deleted at the end of the stream: after --accept-gap the next
+    plain starts run (with and without new records), and a record deleted
+    later still stops the runner."""
+    client = client_of(server)
+    produce(client, "g", 300)
+    last = produce(client, "g", 3, seed=7)
+    client.xdel("g", str(last))
+    with RunnerProcess(runner_argv(server.url, "g", "--exit-when-idle")) as runner:
+        code, _out, err = runner.finish(30)
+    assert code == 1 and "GapError" in err
+    run_to_idle(server.url, "g", "--accept-gap", "--reason", "last record deleted by the test")
+    again = run_to_idle(server.url, "g")
+    assert "accept_gap" not in again["_stderr"] and again["records"] == 0
+    produce(client, "g", 5, seed=8)
+    after = run_to_idle(server.url, "g")
+    assert after["records"] == 5
+    doomed = produce(client, "g", 5, seed=9)
+    client.xadd("g", encode_event(TopUp(3, 3)))  # type: ignore[arg-type]
+    client.xdel("g", str(doomed))
+    with RunnerProcess(runner_argv(server.url, "g", "--exit-when-idle")) as runner:
+        code, _out, err = runner.finish(30)
+    assert code == 1 and "GapError" in err and str(doomed) in err
+    trail = run_module(
+        "shop_adapters.inspector", "--redis-url", server.url, "--stream", "g", "audit", "--json"
+    )
+    assert [d["decision"] for d in json.loads(trail.stdout)] == ["accept-gap"]
+
+
+def test_an_accepted_trim_gap_counts_the_lost_records_and_is_not_met_again(
+    server: RedisServer,
+) -> None:
+    client = client_of(server)
+    produce(client, "t", 200)
+    run_to_idle(server.url, "t")
+    produce(client, "t", 100, seed=3)
+    tail = produce(client, "t", 10, seed=4)
+    client.xtrim("t", minid=str(tail))  # everything before the last record, unread ones too
+    with RunnerProcess(runner_argv(server.url, "t", "--exit-when-idle")) as runner:
+        code, _out, err = runner.finish(30)
+    assert code == 1 and "GapError" in err
+    accepted = run_to_idle(server.url, "t", "--accept-gap", "--reason", "trimmed by the test")
+    assert accepted["lag"] == 0
+    produce(client, "t", 5, seed=5)
+    after = run_to_idle(server.url, "t")
+    assert after["records"] == 5 and after["lag"] == 0
+
+
 def test_the_continuity_check_reads_the_anchor_of_the_last_record() -> None:
     log = MemoryLog()
     (p,) = log.append([{"a": "1"}])
