@@ -13,6 +13,7 @@ the log, the snapshot store, the lease and the command-line tools.
   (its redirections ran out, "TTL exhausted"), ``SlotNotCoveredError`` and a
   cluster client that could not reach any node to learn the topology. A
   failover is thus retried with the same back-off as a lost connection;
+  a cluster client pointed at a server that is not in cluster mode is permanent;
 - :class:`~shop_adapters.errors.PermanentError` for everything else, which no
   retry can fix: ``AuthenticationError`` (``WRONGPASS``, ``NOAUTH``; redis-py
   makes it a subclass of its ``ConnectionError``, so it must be tested first),
@@ -65,6 +66,7 @@ _CLUSTER_TRANSIENT: tuple[type[Exception], ...] = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.SlotNotCoveredError,
 )
+_NOT_A_CLUSTER = "Cluster mode is not enabled"
 _UNREACHABLE_CLUSTER = ("cannot be connected", "slots are not covered", "not covered by")
 
 _OWN_SUFFIXES = (":snapshot", ":lease:token", ":lease", ":dead", ":outcomes", ":audit", ":history")
@@ -107,11 +109,22 @@ def classify(error: Exception, what: str, key: str | None = None) -> ShopError:
     ``what`` (a command name and key, for the message) on ``key`` (named in a
     ``WRONGTYPE`` message). Never raises."""
     text = str(error) or type(error).__name__
+    if isinstance(error, redis.exceptions.AskError):  # MovedError too
+        return OperationalError(
+            f"Redis Cluster redirected {what} to another node ({type(error).__name__} {text}): "
+            "a plain client is talking to a cluster node (a failover moved the slot, or "
+            "the server is a Redis Cluster and --no-cluster was given)"
+        )
     if isinstance(error, _CLUSTER_TRANSIENT):
         return OperationalError(
             f"Redis Cluster not ready during {what}: {type(error).__name__} {text}"
         )
     if isinstance(error, redis.exceptions.RedisClusterException):
+        if _NOT_A_CLUSTER in text:
+            return PermanentError(
+                f"the server is not a Redis Cluster node (during {what}: {text}); "
+                "drop --cluster to use it as a single Redis"
+            )
         if any(s in text for s in _UNREACHABLE_CLUSTER):
             return OperationalError(f"Redis Cluster unavailable during {what}: {text}")
         return PermanentError(f"Redis Cluster refused {what}: {text}")

@@ -136,6 +136,18 @@ def test_keys_in_two_slots_are_a_permanent_error(error: Exception) -> None:
     assert isinstance(classify(error, "EVALSHA"), PermanentError)
 
 
+def test_a_cluster_client_on_a_plain_redis_is_a_permanent_error() -> None:
+    error = redis.exceptions.RedisClusterException(
+        "Redis Cluster cannot be connected. Please provide at least one reachable node: "
+        "Cluster mode is not enabled on this node"
+    )
+    classified = classify(error, "CLUSTER SLOTS")
+    assert isinstance(classified, PermanentError)
+    assert "drop --cluster" in str(classified)
+    moved = classify(redis.exceptions.MovedError("3999 127.0.0.1:6381"), "SADD")
+    assert isinstance(moved, OperationalError) and "--no-cluster" in str(moved)
+
+
 def test_a_wait_for_no_replica_is_refused() -> None:
     with pytest.raises(ValueError, match="replicas"):
         ReplicaWait(0)
@@ -259,6 +271,15 @@ def test_a_wait_for_a_replica_that_is_not_there_fails_in_time(client: redis.Redi
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("mode", [["--pool"], ["--shop", "s1", "--exit-when-idle"]])
+def test_cluster_on_a_plain_redis_exits_at_once(redis_server: RedisServer, mode: list[str]) -> None:
+    out = run_module(
+        "shop_adapters.redis_runner", "--redis-url", redis_server.url, "--cluster", *mode
+    )
+    assert out.returncode == 1, out.stderr
+    assert "not a Redis Cluster node" in out.stderr and "retry" not in out.stderr
+
+
 def test_a_pool_on_one_plain_redis_shares_and_hands_over(
     client: redis.Redis, redis_server: RedisServer
 ) -> None:
