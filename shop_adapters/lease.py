@@ -282,7 +282,11 @@ class Lease:
 
     def _renew_loop(self, stop: threading.Event) -> None:
         last_ok = time.monotonic()
-        interval = self.ttl_ms / 3000
+        due = self.ttl_ms / 3000
+        # After a failed renewal (Redis restarting, a failover), try again soon:
+        # the lease is kept if Redis is back before the TTL runs out.
+        retry = min(due, 0.25)
+        interval = due
         while not stop.wait(interval):
             attempted = time.monotonic()
             try:
@@ -292,15 +296,20 @@ class Lease:
                 if isinstance(error, PermanentError):
                     self._lost(f"Redis refuses the renewal: {error}")
                     return
+                first_failure = interval != retry or retry == due
+                interval = retry
+                self.longest_gap_s = max(self.longest_gap_s, time.monotonic() - last_ok)
                 if time.monotonic() - last_ok < self.ttl_ms / 1000:
-                    event(
-                        _log,
-                        WARNING,
-                        "lease_renewal_failed",
-                        "lease renewal failed (%s); retrying",
-                        e,
-                        error=str(e),
-                    )
+                    if first_failure:
+                        event(
+                            _log,
+                            WARNING,
+                            "lease_renewal_failed",
+                            "lease renewal failed (%s); retrying every %.2f s until the TTL",
+                            e,
+                            retry,
+                            error=str(e),
+                        )
                     continue
                 self._lost(f"no renewal for {self.ttl_ms} ms ({e})")
                 return
@@ -308,8 +317,10 @@ class Lease:
             if status == 1:
                 self.longest_gap_s = max(self.longest_gap_s, attempted - last_ok)
                 last_ok = time.monotonic()
+                interval = due
                 continue
             stalled = attempted - last_ok
+            self.longest_gap_s = max(self.longest_gap_s, stalled)
             if status == 0:
                 why = "the lease key is gone: it expired, was evicted or was deleted"
             else:

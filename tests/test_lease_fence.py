@@ -5,11 +5,15 @@ an IntegrityError, and a refused final snapshot under --exit-when-idle exits 1."
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 import redis
 from click.testing import CliRunner
-from reliability_support import SHOP, RunnerProcess, runner_argv
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from reliability_support import SHOP, RunnerProcess, runner_argv, wait_until
 
 from shop_adapters import run_command
 from shop_adapters.embedded_redis import RedisServer
@@ -148,3 +152,27 @@ def test_exit_when_idle_exits_1_when_the_final_snapshot_is_fenced(
     summary = json.loads(lines[-1])
     assert summary["snapshots_written"] == 0 and summary["stop_reason"].startswith("abandoned")
     assert "could not save the state" in result.stderr
+
+
+def test_a_lease_outlives_a_redis_restart_shorter_than_its_ttl(tmp_path: Path) -> None:
+    """Down for about two thirds of the TTL: renewals fail, are retried every 0.25 s
+    rather than every TTL / 3, and the lease is renewed before it expires."""
+    with RedisServer(data_dir=tmp_path / "redis") as server:
+        # No retry inside redis-py: every failed renewal reaches the renewer (as
+        # a LOADING reply does whatever the client's retry policy).
+        client = server.client(
+            socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+        )
+        lease = Lease(client, "s", ttl_ms=3_000, poll_s=0.01)
+        lost: list[str] = []
+        token = lease.acquire(on_lost=lost.append)
+        acquired = time.monotonic()
+        server.stop()  # the AOF holds the lease key and its expiry time
+        time.sleep(2.0)  # the outage itself, not a synchronisation
+        server.start()
+        # Past the TTL counted from the acquisition: only a renewal keeps it.
+        wait_until(lambda: time.monotonic() - acquired > 3.5, 10, "the TTL to pass")
+        assert lost == [] and lease.token == token
+        assert client.get("s:lease") == lease.owner.encode()
+        assert lease.longest_gap_s > 2.0  # the outage shows in the renewal gaps
+        lease.release()
