@@ -29,7 +29,7 @@ import redis
 
 from .domain import Outcome
 from .errors import FencedError, IntegrityError
-from .journals import RedisOutcomeJournal, outcome_fields
+from .journals import RedisOutcomeJournal, pack_outcomes
 from .logs.redis_stream import RedisStreamLog
 from .protocols import DeadLetter, Position
 from .redis_errors import redis_errors
@@ -38,7 +38,7 @@ __all__ = ["FENCED_OUTCOMES", "FENCED_XADD", "FencedOutcomeJournal", "FencedStre
 
 FENCED_OUTCOMES = """
 -- KEYS[1]: the journal stream; KEYS[2]: the lease key. ARGV[1]: the writer's owner id;
--- then, for each outcome, its ID, the number n of its fields and n name/value pairs.
+-- ARGV[2]: the outcomes, a MessagePack array of {id, name, value, ...} (pack_outcomes).
 -- Returns {-2, holder} if the lease is not the writer's (nothing written), {-1, id} if
 -- an ID is refused with no entry at it (something foreign wrote past it), else
 -- {written, ''}.
@@ -46,20 +46,17 @@ local holder = redis.call('GET', KEYS[2])
 if holder ~= ARGV[1] then
   return {-2, holder or ''}
 end
-local i, written = 2, 0
-while i <= #ARGV do
-  local id, n = ARGV[i], tonumber(ARGV[i + 1])
-  local args = {'XADD', KEYS[1], id}
-  for j = i + 2, i + 1 + 2 * n do args[#args + 1] = ARGV[j] end
-  local ok = redis.pcall(unpack(args))
+local items, written = cmsgpack.unpack(ARGV[2]), 0
+for k = 1, #items do
+  local entry = items[k]
+  local ok = redis.pcall('XADD', KEYS[1], unpack(entry))
   if type(ok) == 'table' and ok.err then
-    if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
-      return {-1, id}
+    if #redis.call('XRANGE', KEYS[1], entry[1], entry[1]) == 0 then
+      return {-1, entry[1]}
     end
   else
     written = written + 1
   end
-  i = i + 2 + 2 * n
 end
 return {written, ''}
 """
@@ -119,12 +116,7 @@ class FencedOutcomeJournal(RedisOutcomeJournal):
         """Publish ``outcomes`` (see :meth:`RedisOutcomeJournal.write`), fenced."""
         if not outcomes:
             return
-        args: list[bytes | str | int] = [self.owner]
-        for position, outcome in outcomes:
-            fields = outcome_fields(outcome)
-            args += [str(position), len(fields)]
-            for name, value in fields.items():
-                args += [name, value]
+        args: list[bytes | str] = [self.owner, pack_outcomes(outcomes)]
         with redis_errors("XADD (outcomes, fenced)", self.key):
             reply: Any = self._fenced(keys=[self.key, self.lease_key], args=args)
         status = int(reply[0])

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import msgspec
 import redis
 
 from .domain import Outcome
@@ -46,6 +47,8 @@ __all__ = [
     "RedisOutcomeJournal",
     "outcome_fields",
     "outcome_from_fields",
+    "outcome_items",
+    "pack_outcomes",
 ]
 
 
@@ -75,22 +78,52 @@ class OutcomeJournal(Protocol):
         ...
 
 
+def _text(value: str) -> str:
+    """``value`` as stored: its UTF-8, a lone surrogate backslash-escaped."""
+    return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode()
+
+
+def outcome_items(outcome: Outcome) -> list[str]:
+    """An outcome as a flat ``[name, value, ...]`` of stream fields (see the module
+    docstring), in the order :func:`outcome_fields` gives them.
+
+    >>> outcome_items(Outcome("rejected", "Order", "out_of_stock", "none left"))
+    ['status', 'rejected', 'kind', 'Order', 'code', 'out_of_stock', 'message', 'none left']
+    """
+    out = ["status", outcome.status]
+    if outcome.kind is not None:
+        out += ("kind", _text(outcome.kind))
+    if outcome.code is not None:
+        out += ("code", _text(outcome.code))
+    if outcome.message is not None:
+        out += ("message", _text(outcome.message))
+    if outcome.verdict is not None:
+        out += ("verdict", _text(outcome.verdict))
+    if outcome.detail is not None:
+        out += ("detail", json.dumps(outcome.detail, separators=(",", ":")))
+    if outcome.duplicate_of is not None:
+        out += ("duplicate_of", str(outcome.duplicate_of))
+    return out
+
+
 def outcome_fields(outcome: Outcome) -> dict[bytes, bytes]:
     """An outcome as stream fields (see the module docstring).
 
     >>> outcome_fields(Outcome("accepted", "Order", detail={"total": 300}))
     {b'status': b'accepted', b'kind': b'Order', b'detail': b'{"total":300}'}
     """
-    out = {b"status": outcome.status.encode()}
-    for name in ("kind", "code", "message", "verdict"):
-        value = getattr(outcome, name)
-        if value is not None:
-            out[name.encode()] = value.encode("utf-8", "backslashreplace")
-    if outcome.detail is not None:
-        out[b"detail"] = json.dumps(outcome.detail, separators=(",", ":")).encode()
-    if outcome.duplicate_of is not None:
-        out[b"duplicate_of"] = str(outcome.duplicate_of).encode()
-    return out
+    it = iter(outcome_items(outcome))
+    return {name.encode(): value.encode() for name, value in zip(it, it, strict=True)}
+
+
+def pack_outcomes(outcomes: Sequence[tuple[Position, Outcome]]) -> bytes:
+    """A batch for :data:`WRITE_OUTCOMES`: a MessagePack array of
+    ``[id, name, value, ...]`` string arrays (Redis's Lua ``cmsgpack`` reads
+    strings, not MessagePack's bin type)."""
+    return _PACK([[str(p), *outcome_items(o)] for p, o in outcomes])
+
+
+_PACK = msgspec.msgpack.encode
 
 
 def outcome_from_fields(fields: Mapping[bytes, bytes]) -> Outcome:
@@ -204,24 +237,21 @@ class FileOutcomeJournal:
 
 
 WRITE_OUTCOMES = """
--- KEYS[1]: the journal stream. ARGV: for each outcome, its ID, the number of its
--- fields n, then n name/value pairs. Each XADD happens under the given ID; one Redis
--- refuses (the stream's top ID is not smaller) is fine only if an entry with exactly
--- that ID is there (written by an earlier run): else returns {-1, id}.
-local i, written = 1, 0
-while i <= #ARGV do
-  local id, n = ARGV[i], tonumber(ARGV[i + 1])
-  local args = {'XADD', KEYS[1], id}
-  for j = i + 2, i + 1 + 2 * n do args[#args + 1] = ARGV[j] end
-  local ok = redis.pcall(unpack(args))
+-- KEYS[1]: the journal stream. ARGV[1]: the outcomes, a MessagePack array of
+-- {id, name, value, ...} (pack_outcomes). Each XADD happens under the given ID; one
+-- Redis refuses (the stream's top ID is not smaller) is fine only if an entry with
+-- exactly that ID is there (written by an earlier run): else returns {-1, id}.
+local items, written = cmsgpack.unpack(ARGV[1]), 0
+for k = 1, #items do
+  local entry = items[k]
+  local ok = redis.pcall('XADD', KEYS[1], unpack(entry))
   if type(ok) == 'table' and ok.err then
-    if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
-      return {-1, id}
+    if #redis.call('XRANGE', KEYS[1], entry[1], entry[1]) == 0 then
+      return {-1, entry[1]}
     end
   else
     written = written + 1
   end
-  i = i + 2 + 2 * n
 end
 return {written, ''}
 """
@@ -245,14 +275,9 @@ class RedisOutcomeJournal:
         """One ``EVALSHA`` of :data:`WRITE_OUTCOMES` (see :class:`OutcomeJournal`)."""
         if not outcomes:
             return
-        args: list[bytes | str | int] = []
-        for position, outcome in outcomes:
-            fields = outcome_fields(outcome)
-            args += [str(position), len(fields)]
-            for name, value in fields.items():
-                args += [name, value]
+        batch = pack_outcomes(outcomes)
         with redis_errors("XADD (outcomes)", self.key):
-            reply: Any = self._script(keys=[self.key], args=args)
+            reply: Any = self._script(keys=[self.key], args=[batch])
         if int(reply[0]) < 0:
             at = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
             raise IntegrityError(

@@ -257,6 +257,54 @@ def test_a_journal_publishes_each_outcome_once(journal: OutcomeJournal) -> None:
     assert journal.wait_for(Position(4, 0), 100) is None
 
 
+@given(
+    st.text(max_size=40),
+    st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=3),
+)
+@settings(max_examples=50, deadline=None)
+def test_outcome_fields_are_the_text_as_utf8_whatever_it_holds(
+    message: str, detail: dict[str, Any]
+) -> None:
+    """Any text (non-ASCII; a lone surrogate is stored backslash-escaped) and any
+    JSON detail: the stream fields, and the packed batch the Redis journal sends,
+    hold the UTF-8 of each value."""
+    import msgspec
+
+    from shop_adapters.journals import outcome_fields, pack_outcomes
+
+    outcome = Outcome("rejected", "Order", "c\u00e9", message, detail, None, None)
+    expected = {
+        b"status": b"rejected",
+        b"kind": b"Order",
+        b"code": "c\u00e9".encode(),
+        b"message": message.encode("utf-8", "backslashreplace"),
+        b"detail": json.dumps(detail, separators=(",", ":")).encode(),
+    }
+    assert outcome_fields(outcome) == expected
+    (packed,) = msgspec.msgpack.decode(pack_outcomes([(Position(5, 1), outcome)]))
+    assert packed[0] == "5-1"
+    flat = [v for pair in expected.items() for v in pair]
+    assert [v.encode() for v in packed[1:]] == flat
+
+
+@pytest.mark.redis
+def test_the_redis_journal_stores_non_ascii_and_surrogates_as_text(
+    redis_client: redis.Redis,
+) -> None:
+    journal = RedisOutcomeJournal(redis_client, "nonascii:outcomes")
+    plain = (
+        Position(1, 0),
+        Outcome("rejected", "Order", "unknown_item", "no «café» ☕", {"items": ["café"]}),
+    )
+    odd = (Position(2, 0), Outcome("rejected", "Order", "x", "lone \udcff"))
+    journal.write([plain, odd])
+    (first, second) = journal.read_after(ORIGIN, 10)
+    assert first == plain
+    assert second[1].message == "lone \\udcff"
+    raw = redis_client.xrange("nonascii:outcomes", "2-0", "2-0")[0][1]
+    assert raw[b"message"] == "lone \udcff".encode("utf-8", "backslashreplace")
+
+
 @pytest.mark.redis
 def test_a_foreign_entry_in_the_redis_journal_is_an_integrity_error(
     redis_client: redis.Redis,
