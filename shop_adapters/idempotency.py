@@ -119,10 +119,9 @@ def fingerprint(fields: Mapping[bytes, bytes]) -> bytes:
 
 
 class Remembered(NamedTuple):
-    """A remembered key: the ``index`` (records consumed since the origin, the
+    """A remembered key: the ``ordinal`` (records consumed since the origin, the
     record's own included) and ``position`` of the record that carried it first,
-    the ``fingerprint`` of its entry and its ``outcome`` (``None`` until known).
-    ``ordinal``: records consumed since the origin, the record's own included."""
+    the ``fingerprint`` of its entry and its ``outcome`` (``None`` until known)."""
 
     ordinal: int
     position: Position
@@ -182,11 +181,6 @@ class KeyWindow:
 
     def __len__(self) -> int:
         return len(self._keys)
-
-    def lookup(self, key: bytes) -> Remembered | None:
-        """What the window remembers of ``key``, or ``None``."""
-        first = self._keys.get(key)
-        return None if first is None else Remembered(*first)
 
     def expire(self, index: int) -> None:
         """Forget the keys record ``index`` no longer sees: those of records before
