@@ -366,11 +366,22 @@ def check_continuity(
         "the log was rolled back (a restart from an older copy), wiped or replaced "
         "since the state was folded"
     )
-    if h.last < position:
+    rolled_back = h.added is not None and h.added < records
+    # Every record folded was added (no rollback) and the log reports a deletion at
+    # or after ``position`` (Redis 7): the state's own record going is a deletion.
+    deleted_here = not rolled_back and h.max_deleted is not None and h.max_deleted >= position
+    decided = not rolled_back and gap_accepted is not None and gap_accepted >= position
+    if h.last < position and not decided:
+        if deleted_here:
+            raise GapError(
+                f"the state is at {position} but the log ends at {h.last}: the record the "
+                f"state was folded to was deleted (XDEL or XTRIM; deleted up to "
+                f"{h.max_deleted}); refusing to go on as if it were there"
+            )
         raise IntegrityError(
             f"the state was folded up to {position} but the log ends at {h.last}: {lost}"
         )
-    if h.added is not None and h.added < records:
+    if rolled_back:
         raise IntegrityError(
             f"the state was folded from {records} records but only {h.added} were ever "
             f"added to the log: {lost}"
@@ -386,13 +397,20 @@ def check_continuity(
             )
     elif anchor is not None:
         record = log.read_at(position)
-        if record is None:
+        if record is None and decided:
+            pass  # its deletion was accepted
+        elif record is None and deleted_here:
+            raise GapError(
+                f"the record at {position} that the state was folded to was deleted "
+                f"(XDEL or XTRIM; deleted up to {h.max_deleted}); refusing to fold over the gap"
+            )
+        elif record is None:
             raise IntegrityError(
                 f"the log no longer holds the record at {position} that the state was "
                 f"folded to (it holds records from {h.first} to {h.last}): {lost}, or that "
                 "one record was deleted"
             )
-        if record_anchor(record.fields) != anchor:
+        elif record_anchor(record.fields) != anchor:
             raise IntegrityError(
                 f"the record at {position} is not the one the state was folded to "
                 f"(its fields differ): {lost}"

@@ -23,8 +23,9 @@ snapshot is executed)::
   honoured), and the remembered keys after the body
   (:mod:`shop_adapters.idempotency`);
 - ``gap_accepted`` (only when set): the highest deleted record an operator
-  accepted to fold over (``--accept-gap``), later than ``position``, so that
-  the next restore does not stop at the same gap again.
+  accepted to fold over (``--accept-gap``), at or after ``position`` (the
+  state's own record may be the one deleted), so that the next restore does not
+  stop at the same gap again.
 
 :func:`decode_snapshot` refuses (``Failure(reason)``) anything it cannot trust:
 empty, truncated, another format or format version (format 1, written before
@@ -299,8 +300,8 @@ def _decode(blob: bytes, domain: Domain[S, Any], key_window: int | None) -> Snap
             gap_accepted = Position.parse(text)
         except ValueError as exc:
             raise _Invalid(f"corrupt snapshot header: {exc}") from None
-        if gap_accepted <= position:
-            raise _Invalid("corrupt snapshot header: gap_accepted must be after the position")
+        if gap_accepted < position:
+            raise _Invalid("corrupt snapshot header: gap_accepted is before the position")
     try:
         tally = Tally.from_json(header["tally"])
     except ValueError as exc:

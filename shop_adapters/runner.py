@@ -297,6 +297,7 @@ class Runner(Generic[S, E]):
         self.position: Position = ORIGIN
         self._anchor: str | None = None
         self._gap_accepted: Position | None = None
+        self._decision_unsaved = False  # an accepted gap no snapshot records yet
         self._records = 0
         self._dead = 0
         self._tally = Tally()
@@ -388,6 +389,7 @@ class Runner(Generic[S, E]):
         domain = self.domain
         state, self.position, self._anchor = domain.initial, ORIGIN, None
         self._gap_accepted = None
+        self._decision_unsaved = False
         self._records = self._dead = 0
         self._tally = Tally()
         window = self.config.key_window
@@ -531,6 +533,7 @@ class Runner(Generic[S, E]):
             # the next start does not stop at the same gap again.
             self._gap_accepted = h.max_deleted
             self._expected = None
+            self._decision_unsaved = True
             if self.position != ORIGIN:
                 if h.first > self.position and h.added is not None:
                     # Trimmed away up to the first record: the lost records count
@@ -541,6 +544,20 @@ class Runner(Generic[S, E]):
                     e,
                     f"folding on from the snapshot at {self.position}, over the gap",
                 )
+                if self.log.read_at(self.position) is None:
+                    # A snapshot is anchored to the record it was folded to, which
+                    # is gone: the decision is kept once a later record is folded.
+                    self._decision_unsaved = False
+                    event(
+                        self._logger,
+                        WARNING,
+                        "gap_not_recorded",
+                        "the record at %s that the state was folded to was deleted: no "
+                        "snapshot can record the accepted gap until a record after it is "
+                        "folded; until then each start needs --accept-gap again",
+                        self.position,
+                        position=str(self.position),
+                    )
                 return
             # No usable snapshot: the fold starts at the origin, without the deleted
             # records. They count as consumed (so lag and continuity stay true), and
@@ -600,6 +617,7 @@ class Runner(Generic[S, E]):
         domain = self.domain
         self.position, self._anchor, self._records, self._dead = ORIGIN, None, 0, 0
         self._gap_accepted = None
+        self._decision_unsaved = False
         self._tally = Tally()
         window = self.config.key_window
         self._keys = None if window is None else KeyWindow(window)
@@ -700,7 +718,7 @@ class Runner(Generic[S, E]):
     def _gap(self) -> Position | None:
         """The accepted gap while the fold has not passed it."""
         gap = self._gap_accepted
-        return gap if gap is not None and gap > self.position else None
+        return gap if gap is not None and gap >= self.position else None
 
     def _check_continuity(self) -> None:
         check_continuity(self.log, self.position, self._records, self._anchor, self._gap())
@@ -755,6 +773,7 @@ class Runner(Generic[S, E]):
     # -- snapshots ------------------------------------------------------------------
 
     def _snapshot(self) -> Snapshot[S]:
+        self._decision_unsaved = False
         keys = self._keys
         if keys is not None:
             keys.expire(self._records)
@@ -771,7 +790,9 @@ class Runner(Generic[S, E]):
         )
 
     def _maybe_snapshot(self) -> None:
-        if self._since_snapshot == 0 or self.position < self._hold_snapshots_until:
+        if (
+            self._since_snapshot == 0 and not self._decision_unsaved
+        ) or self.position < self._hold_snapshots_until:
             return
         cfg = self.config
         now = time.monotonic()
@@ -790,9 +811,11 @@ class Runner(Generic[S, E]):
         self._snapshot_clock = now
 
     def _final_snapshot(self) -> None:
-        if self._since_snapshot == 0 and self._writer.last_position == self.position:
+        if self._decision_unsaved:
+            pass  # the stored snapshot does not record the accepted gap: write one
+        elif self._since_snapshot == 0 and self._writer.last_position == self.position:
             return
-        if self._restored is not None and self._restored[1] == self.position:
+        elif self._restored is not None and self._restored[1] == self.position:
             return  # the stored snapshot is already this state
         if self.position == ORIGIN:
             return  # nothing was folded: nothing to save

@@ -486,18 +486,19 @@ def test_the_idempotency_keys_ride_along_and_their_window_must_match() -> None:
     assert "(snapshot: no keys, running: 100000 records)" in reason(decode_snapshot(keyless, SHOP))
 
 
-def test_an_accepted_gap_rides_along_only_when_set_and_after_the_position() -> None:
+def test_an_accepted_gap_rides_along_only_when_set_and_not_before_the_position() -> None:
     plain = Snapshot(fold([]), SOMEWHERE, 1, anchor=ANCHOR)
     assert b"gap_accepted" not in encode_snapshot(plain, SHOP)
     gap = Position(SOMEWHERE.major + 5, 0)
     blob = encode_snapshot(Snapshot(fold([]), SOMEWHERE, 1, anchor=ANCHOR, gap_accepted=gap), SHOP)
     assert decode(blob).unwrap().gap_accepted == gap
+    here = Snapshot(fold([]), SOMEWHERE, 1, anchor=ANCHOR, gap_accepted=SOMEWHERE)
+    assert decode(encode_snapshot(here, SHOP)).unwrap().gap_accepted == SOMEWHERE
+    earlier = Position(SOMEWHERE.major - 1, 0)
     before = encode_snapshot(
-        Snapshot(fold([]), SOMEWHERE, 1, anchor=ANCHOR, gap_accepted=SOMEWHERE), SHOP
+        Snapshot(fold([]), SOMEWHERE, 1, anchor=ANCHOR, gap_accepted=earlier), SHOP
     )
-    assert reason(decode(before)) == (
-        "corrupt snapshot header: gap_accepted must be after the position"
-    )
+    assert reason(decode(before)) == "corrupt snapshot header: gap_accepted is before the position"
 
 
 def test_big_balances_survive_exactly() -> None:

@@ -588,6 +588,40 @@ def test_an_accepted_gap_is_accepted_once_and_a_later_gap_still_stops(
     assert [d["decision"] for d in json.loads(trail.stdout)] == ["accept-gap"]
 
 
+@pytest.mark.parametrize("after", [0, 10])
+def test_the_snapshots_own_record_deleted_is_a_gap_accepted_once(
+    server: RedisServer, after: int
+) -> None:
+    """XDEL of the record the snapshot was folded to (the last one, or with records
+    after it): a GapError, not a rollback; --accept-gap goes on from the snapshot
+    and the next plain starts run."""
+    client = client_of(server)
+    last = produce(client, "o", 300)
+    run_to_idle(server.url, "o")
+    if after:
+        produce(client, "o", after, seed=2)
+    client.xdel("o", str(last))
+    with RunnerProcess(runner_argv(server.url, "o", "--exit-when-idle")) as runner:
+        code, _out, err = runner.finish(30)
+    assert code == 1 and "GapError" in err and "was deleted" in err, err
+    accepted = run_to_idle(server.url, "o", "--accept-gap", "--reason", "own record deleted")
+    assert accepted["records"] == after
+    if not after:
+        # Nothing to anchor a snapshot to until a record arrives: said, and asked again.
+        assert accepted["snapshots_written"] == 0 and "gap_not_recorded" in accepted["_stderr"]
+        produce(client, "o", 5, seed=3)
+        with RunnerProcess(runner_argv(server.url, "o", "--exit-when-idle")) as runner:
+            code, _out, err = runner.finish(30)
+        assert code == 1 and "GapError" in err
+        accepted = run_to_idle(server.url, "o", "--accept-gap", "--reason", "again")
+        assert accepted["records"] == 5
+    assert accepted["snapshots_written"] == 1
+    again = run_to_idle(server.url, "o")
+    assert again["records"] == 0
+    produce(client, "o", 5, seed=4)
+    assert run_to_idle(server.url, "o")["records"] == 5
+
+
 def test_an_accepted_trim_gap_counts_the_lost_records_and_is_not_met_again(
     server: RedisServer,
 ) -> None:
