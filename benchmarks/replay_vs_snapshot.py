@@ -1,7 +1,8 @@
 """Benchmark: replay and restore of the real runner, beside their limits and a peer.
 
-Default run (estimated at about 11 minutes on 2 quiet cores, 10 to 14; the
-report ends with the wall and CPU seconds of every part):
+Needs the ``bench`` extra (``pip install -e '.[bench]'``; ``./scripts/test``
+installs it). Default run (12 to 15 minutes on 2 cores; the report ends with
+the wall and CPU seconds of every part):
 ``python -m benchmarks.replay_vs_snapshot``. Quick check (about 3 minutes,
 writes to a temporary folder): ``python -m benchmarks.replay_vs_snapshot --quick``.
 Heavier variants behind options: ``--with-10m`` (10M events: about 10 GB and
@@ -806,6 +807,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, write the report and the plot; 0 if every digest matched, else 1."""
     args_list = sys.argv[1:] if argv is None else list(argv)
     a = options(args_list)
+    if a.peer_max:
+        try:
+            import eventsourcing  # noqa: F401  (the peer; checked before hours of work)
+        except ImportError:
+            print(
+                "the peer library is missing: pip install -e '.[bench]' "
+                "(or --peer-max 0 to leave the peer out)",
+                file=sys.stderr,
+            )
+            return 2
     from datetime import UTC, datetime
 
     meta = machine() | {

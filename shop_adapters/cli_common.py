@@ -208,6 +208,14 @@ def plain_help(text: str | None) -> str | None:
     return re.sub(r":[a-z]+:`~?(?:[\w.]*\.)?([^`.]+)`", r"\1", text)
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _CleanErrors(click.Command):
     """Mixin: shop and Redis errors escaping ``invoke`` end it with one line, exit 1;
     help texts lose their reStructuredText markup."""
@@ -220,7 +228,18 @@ class _CleanErrors(click.Command):
                 param.help = plain_help(param.help)
 
     def invoke(self, ctx: click.Context) -> Any:
-        """``click.Command.invoke`` (or the group's), with those errors as ``ClickException``."""
+        """``click.Command.invoke`` (or the group's), with those errors as ``ClickException``;
+        an argument that is not UTF-8 text (undecodable bytes on the command line) is
+        a usage error (exit 2) before anything runs."""
+        for param in self.params:
+            value = ctx.params.get(param.name or "")
+            for text in value if isinstance(value, tuple | list) else (value,):
+                if isinstance(text, str) and not _utf8(text):
+                    label = param.opts[0] if isinstance(param, click.Option) else None
+                    shown = text.encode("utf-8", "backslashreplace").decode()
+                    raise click.UsageError(
+                        f"{label or param.human_readable_name} {shown!r}: not UTF-8 text", ctx
+                    )
         try:
             return super().invoke(ctx)
         except (

@@ -335,7 +335,7 @@ class Projector:
             f"view {name} ({key}) was folded up to the outcome {checkpoint.position}, which "
             f"{self.journal_key} no longer holds as it was (the journal was set aside by an "
             "accepted rollback, or replaced): rebuild the view from the journal as it is now "
-            f"with --rebuild {name}"
+            f"with --rebuild --projection {name} (or --rebuild: every view)"
         )
 
     def _reload(self, target: _Target) -> None:

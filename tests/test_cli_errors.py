@@ -272,3 +272,23 @@ def test_sigterm_while_waiting_for_the_lease_logs_and_exits_0(
     assert code == 0, proc.stderr[-3000:]
     assert "stopped while waiting for the lease" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (["--stream", "o", "topup", "7", "1", "--idempotency-key", "\udcff"], "--idempotency-key"),
+        (["--stream", "o", "add-item", "caf\udce9", "3"], "ITEM"),
+        (["--stream", "o", "order", "7", "caf\udce9:1"], "LINES"),
+        (["--stream", "o\udcff", "topup", "7", "1"], "--stream"),
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_a_usage_error(
+    args: list[str], shown: str, tmp_path: Any
+) -> None:
+    """Undecodable bytes on the command line (Python hands them over as lone
+    surrogates): exit 2 naming the argument, before any connection is made."""
+    result = CliRunner().invoke(producer.cli, ["--data-dir", str(tmp_path / "d"), *args])
+    assert result.exit_code == 2, result.output
+    assert f"{shown} " in result.output and "not UTF-8 text" in result.output
+    assert not (tmp_path / "d").exists()

@@ -175,7 +175,7 @@ def test_a_replaced_journal_stops_the_projector_until_the_view_is_rebuilt(
     redis_client.rename("s:outcomes", "s:outcomes:before-rebuild:1")
     redis_client.delete("s")
     publish(redis_client, "s", synthetic_events(1_000, 100, 10, seed=8))
-    with pytest.raises(IntegrityError, match="--rebuild sales"):
+    with pytest.raises(IntegrityError, match="--rebuild --projection sales"):
         project(redis_client, "s")
     rebuilt = project(redis_client, "s", ProjectorConfig(**{**FAST_KW, "rebuild": ALL}))
     assert all(v.rebuilt for v in rebuilt.views)
