@@ -29,37 +29,26 @@ import redis
 
 from .domain import Outcome
 from .errors import FencedError, IntegrityError
-from .journals import RedisOutcomeJournal, pack_outcomes
+from .journals import XADD_OUTCOMES_LUA, RedisOutcomeJournal, pack_outcomes
 from .logs.redis_stream import RedisStreamLog
 from .protocols import DeadLetter, Position
 from .redis_errors import redis_errors
 
 __all__ = ["FENCED_OUTCOMES", "FENCED_XADD", "FencedOutcomeJournal", "FencedStreamLog"]
 
-FENCED_OUTCOMES = """
+FENCED_OUTCOMES = (
+    """
 -- KEYS[1]: the journal stream; KEYS[2]: the lease key. ARGV[1]: the writer's owner id;
--- ARGV[2]: the outcomes, a MessagePack array of {id, name, value, ...} (pack_outcomes).
--- Returns {-2, holder} if the lease is not the writer's (nothing written), {-1, id} if
--- an ID is refused with no entry at it (something foreign wrote past it), else
--- {written, ''}.
+-- ARGV[2]: the outcomes. Returns {-2, holder} if the lease is not the writer's
+-- (nothing written), else as WRITE_OUTCOMES.
 local holder = redis.call('GET', KEYS[2])
 if holder ~= ARGV[1] then
   return {-2, holder or ''}
 end
-local items, written = cmsgpack.unpack(ARGV[2]), 0
-for k = 1, #items do
-  local entry = items[k]
-  local ok = redis.pcall('XADD', KEYS[1], unpack(entry))
-  if type(ok) == 'table' and ok.err then
-    if #redis.call('XRANGE', KEYS[1], entry[1], entry[1]) == 0 then
-      return {-1, entry[1]}
-    end
-  else
-    written = written + 1
-  end
-end
-return {written, ''}
+local batch = ARGV[2]
 """
+    + XADD_OUTCOMES_LUA
+)
 """The fenced batch of :class:`FencedOutcomeJournal` (``EVALSHA``)."""
 
 FENCED_XADD = """

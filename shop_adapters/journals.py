@@ -41,6 +41,7 @@ from .redis_errors import redis_errors
 
 __all__ = [
     "WRITE_OUTCOMES",
+    "XADD_OUTCOMES_LUA",
     "FileOutcomeJournal",
     "MemoryOutcomeJournal",
     "OutcomeJournal",
@@ -236,12 +237,12 @@ class FileOutcomeJournal:
         self._log.close()
 
 
-WRITE_OUTCOMES = """
--- KEYS[1]: the journal stream. ARGV[1]: the outcomes, a MessagePack array of
--- {id, name, value, ...} (pack_outcomes). Each XADD happens under the given ID; one
+XADD_OUTCOMES_LUA = """
+-- Expects `batch`: the outcomes, a MessagePack array of {id, name, value, ...}
+-- (pack_outcomes), for the stream KEYS[1]. Each XADD happens under the given ID; one
 -- Redis refuses (the stream's top ID is not smaller) is fine only if an entry with
 -- exactly that ID is there (written by an earlier run): else returns {-1, id}.
-local items, written = cmsgpack.unpack(ARGV[1]), 0
+local items, written = cmsgpack.unpack(batch), 0
 for k = 1, #items do
   local entry = items[k]
   local ok = redis.pcall('XADD', KEYS[1], unpack(entry))
@@ -255,6 +256,12 @@ for k = 1, #items do
 end
 return {written, ''}
 """
+"""The loop both outcome scripts share (this one and the fenced one)."""
+
+WRITE_OUTCOMES = (
+    "-- KEYS[1]: the journal stream. ARGV[1]: the outcomes.\nlocal batch = ARGV[1]\n"
+    + XADD_OUTCOMES_LUA
+)
 """The batched, at-most-once write of :class:`RedisOutcomeJournal` (``EVALSHA``)."""
 
 

@@ -108,9 +108,7 @@ def run_pool(
         event(_log, ERROR, "stopped_by_error", "%s", clean_error_message(e))
         sys.exit(1)
     assert client is not None
-    wait = None
-    if wait_replicas:
-        wait = ReplicaWait(wait_replicas, max(1, round(wait_replicas_timeout * 1000)))
+    wait = ReplicaWait.of(wait_replicas, wait_replicas_timeout)
     runner_config = RunnerConfig(
         snapshot_every=snapshot_every,
         snapshot_interval=snapshot_interval,

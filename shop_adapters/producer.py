@@ -214,9 +214,7 @@ def cli(
     """Append shop events to a Redis stream (or to the stream of --shop ID)."""
     setup_logging(log_format)
     stream = resolve_stream(SHOP_PARTITIONING, partition, stream)
-    wait = None
-    if wait_replicas:
-        wait = ReplicaWait(wait_replicas, max(1, round(wait_replicas_timeout * 1000)))
+    wait = ReplicaWait.of(wait_replicas, wait_replicas_timeout)
     state = _Ctx(redis_url, stream, data_dir, allow_eviction, cluster, partition, wait)
     ctx.obj = state
     ctx.call_on_close(state.close)

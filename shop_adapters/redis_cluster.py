@@ -213,6 +213,12 @@ class ReplicaWait:
         """Seconds spent in them, in total."""
         self._lock = threading.Lock()
 
+    @classmethod
+    def of(cls, replicas: int, timeout_s: float) -> ReplicaWait | None:
+        """From the command line's ``--wait-replicas N --wait-replicas-timeout SECONDS``:
+        ``None`` for 0 replicas, else a wait of ``timeout_s`` rounded to ms (at least 1)."""
+        return cls(replicas, max(1, round(timeout_s * 1000))) if replicas else None
+
     def confirm(self, connection: redis.Redis, what: str) -> int:
         """``WAIT`` on ``connection`` (a :func:`pinned` client that just wrote ``what``);
         the number of replicas that acknowledged. Raises :class:`NotReplicated`."""

@@ -441,8 +441,8 @@ def _run(
     store: RedisSnapshotStore = RedisSnapshotStore.for_lease(
         client, keys.snapshot, lease, keys.stream
     )
-    if wait_replicas:
-        wait = ReplicaWait(wait_replicas, max(1, round(wait_replicas_timeout * 1000)))
+    wait = ReplicaWait.of(wait_replicas, wait_replicas_timeout)
+    if wait is not None:
         store = ReplicatedSnapshotStore.for_lease_waiting(
             client, keys.snapshot, lease, keys.stream, wait
         )

@@ -139,7 +139,7 @@ class SnapshotWriter(Generic[S]):
             )
             self._observe_snapshot(False, started)
             return False
-        except FencedError as e:
+        except (FencedError, IntegrityError) as e:
             event(
                 log,
                 ERROR,
@@ -150,20 +150,10 @@ class SnapshotWriter(Generic[S]):
                 **fields,
             )
             self._observe_snapshot(False, started)
-            self._on_fenced(f"fenced: {e}")
-            return False
-        except IntegrityError as e:
-            event(
-                log,
-                ERROR,
-                "snapshot_refused",
-                "snapshot at %s refused by the store: %s",
-                at,
-                e,
-                **fields,
-            )
-            self._observe_snapshot(False, started)
-            self._on_fatal(e)
+            if isinstance(e, FencedError):
+                self._on_fenced(f"fenced: {e}")
+            else:
+                self._on_fatal(e)
             return False
         except (PermanentError, OSError) as e:
             event(log, ERROR, "snapshot_failed", "snapshot at %s not written: %s", at, e, **fields)
