@@ -20,16 +20,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import redis
+from reliability_support import RunnerProcess, python_m, run_module, wait_until  # noqa: F401 (for the tests)
 
 from shop_adapters.catchup import replay
 from shop_adapters.idempotency import KEY_FIELD
@@ -57,28 +56,7 @@ MALFORMED: tuple[dict[str, str | bytes], ...] = (
 """Entries no decoder accepts (each is dead-lettered)."""
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` every 20 ms until true; ``AssertionError`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def run_module(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """``python -m ARGS`` from the repository, output captured as text, no check."""
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=timeout,
-        check=False,
-    )
-
-
-class WorkerProcess:
+class WorkerProcess(RunnerProcess):
     """A pool worker subprocess (JSON logs on stderr, parsed into :attr:`events`).
 
     A context manager: SIGCONT then SIGKILL on exit if still alive.
@@ -86,9 +64,9 @@ class WorkerProcess:
 
     def __init__(self, url: str, *extra: str, name: str = "w") -> None:
         self.name = name
-        self.argv = [
-            sys.executable,
-            "-m",
+        self.events: list[dict[str, Any]] = []
+        self.worker_id: str | None = None
+        argv = python_m(
             "shop_adapters.redis_runner",
             "--pool",
             "--redis-url",
@@ -97,41 +75,19 @@ class WorkerProcess:
             "--log-format",
             "json",
             *extra,
-        ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.events: list[dict[str, Any]] = []
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=REPO,
-            env=env,
-            start_new_session=True,
         )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.worker_id: str | None = None
+        super().__init__(argv, stdout=subprocess.DEVNULL)
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            try:
-                parsed: dict[str, Any] | None = json.loads(line)
-            except ValueError:
-                parsed = None
-            with self._cond:
-                self.lines.append(line)
-                if isinstance(parsed, dict):
-                    self.events.append(parsed)
-                    if parsed.get("event") == "pool_join":
-                        self.worker_id = str(parsed.get("worker"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
+    def _take(self, line: str) -> None:
+        super()._take(line)
+        try:
+            parsed: dict[str, Any] | None = json.loads(line)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            self.events.append(parsed)
+            if parsed.get("event") == "pool_join":
+                self.worker_id = str(parsed.get("worker"))
 
     def named(self, name: str) -> list[dict[str, Any]]:
         """The events called ``name`` so far."""
@@ -146,9 +102,6 @@ class WorkerProcess:
         wait_until(lambda: self.worker_id is not None or not self.alive(), timeout, "pool_join")
         assert self.worker_id is not None, self.tail()
         return self.worker_id
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
     def tail(self, n: int = 40) -> str:
         with self._cond:
@@ -175,22 +128,6 @@ class WorkerProcess:
             raise AssertionError(
                 f"{self.name} did not stop in {timeout} s:\n{self.tail()}"
             ) from None
-
-    def __enter__(self) -> WorkerProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.alive():
-            self.kill()
-        self._reader.join(5)
-        if self.proc.stderr is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stderr.close()
 
 
 def shop_ids(n: int, prefix: str = "s") -> list[str]:

@@ -12,19 +12,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import redis
+from reliability_support import RunnerProcess, python_m, wait_until  # noqa: F401 (wait_until: for the tests)
 
 from shop_adapters.domain import Outcome
 from shop_adapters.journals import RedisOutcomeJournal
@@ -42,101 +37,19 @@ from shop_core import Event
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` every 10 ms until true; ``AssertionError`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-class Proc:
+class Proc(RunnerProcess):
     """``python -m <module> <args>`` from the repository; stderr collected in :attr:`lines`."""
 
     def __init__(self, module: str, *args: str, env: Mapping[str, str] | None = None) -> None:
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.argv = [sys.executable, "-m", module, *args]
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=REPO,
-            env=full_env,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(python_m(module, *args), env)
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._cond:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self._cond.notify_all()
-
-    @property
-    def stderr(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def wait_for(self, needle: str, timeout: float = 60.0) -> bool:
+    def wait_for(self, needle: str, timeout: float = 60.0) -> bool:  # type: ignore[override]
         """Whether a stderr line containing ``needle`` appears within ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                if any(needle in line for line in self.lines):
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    return False
-                self._cond.wait(min(remaining, 0.05))
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up of any kind."""
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        self.proc.wait()
-
-    def terminate(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGTERM)
+        return super().wait_for(needle, timeout=timeout)
 
     def finish(self, timeout: float = 120.0) -> tuple[int, str, str]:
-        """Wait for the exit: ``(returncode, stdout, stderr)``; SIGKILL after ``timeout`` s."""
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(
-                f"{self.argv[2]} did not exit within {timeout} s; stderr:\n{self.stderr[-3000:]}"
-            ) from None
-        assert self.proc.stdout is not None
-        out = self.proc.stdout.read().decode("utf-8", "replace")
-        self._reader.join(5)
-        return self.proc.returncode, out, self.stderr
-
-    def __enter__(self) -> Proc:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.alive():
-            self.kill()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        """:meth:`RunnerProcess.finish`, with more time by default."""
+        return super().finish(timeout)
 
 
 def run_module(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:

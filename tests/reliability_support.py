@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -122,12 +123,18 @@ def runner_argv(url: str, stream: str, *extra: str) -> list[str]:
 
 
 class RunnerProcess:
-    """A ``redis_runner`` subprocess; stderr is collected line by line in :attr:`lines`.
+    """A CLI subprocess (a ``redis_runner``, by default); stderr is collected line by
+    line in :attr:`lines` (a subclass may read more from each line: :meth:`_take`).
 
     Use as a context manager: the process is SIGKILLed on exit if still alive.
     """
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        stdout: int = subprocess.PIPE,
+    ) -> None:
         full_env = subprocess_env(env)
         self.argv = list(argv)
         self.lines: list[str] = []
@@ -135,7 +142,7 @@ class RunnerProcess:
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=stdout,
             stderr=subprocess.PIPE,
             cwd=REPO,
             env=full_env,
@@ -149,10 +156,14 @@ class RunnerProcess:
         for raw in self.proc.stderr:
             line = raw.decode("utf-8", errors="replace").rstrip("\n")
             with self._cond:
-                self.lines.append(line)
+                self._take(line)
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
+
+    def _take(self, line: str) -> None:
+        """One stderr line (called by the reader thread, under the condition)."""
+        self.lines.append(line)
 
     @property
     def stderr(self) -> str:
@@ -197,7 +208,8 @@ class RunnerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(
-                f"runner did not exit within {timeout} s; stderr:\n{self.stderr[-4000:]}"
+                f"{shlex.join(self.argv[1:3])} did not exit within {timeout} s; stderr:\n"
+                f"{self.stderr[-4000:]}"
             ) from None
         assert self.proc.stdout is not None
         out = self.proc.stdout.read().decode("utf-8", errors="replace")
