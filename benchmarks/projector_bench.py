@@ -42,9 +42,7 @@ import argparse
 import contextlib
 import gc
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -67,6 +65,8 @@ from shop_adapters.shop_domain.projections import shop_projections
 from shop_adapters.shop_domain.workload import synthetic_events
 from shop_adapters.snapshots.redis import RedisSnapshotStore
 from shop_adapters.view_store import RedisViewStore
+
+from ._common import machine
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "projector.md"
 
@@ -304,27 +304,8 @@ def _rebuild(client: redis.Redis, a: argparse.Namespace, report: Report) -> None
 
 
 def _machine(redis_version: str) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    commit = ""
-    with contextlib.suppress(Exception):
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=Path(__file__).resolve().parent.parent,
-        ).stdout.strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
+    return machine() | {
         "redis": redis_version,
-        "commit": commit,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
