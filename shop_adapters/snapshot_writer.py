@@ -77,6 +77,7 @@ class SnapshotWriter(Generic[S]):
         self._thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
 
     def start(self) -> None:
+        """Start the writer thread (once, before the first :meth:`submit`)."""
         self._thread.start()
 
     def submit(self, snapshot: Snapshot[S]) -> None:
