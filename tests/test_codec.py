@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import doctest
+import gc
 import hashlib
 import json
 import os
@@ -43,8 +44,10 @@ from shop_core import (
     SEMANTICS_VERSION,
     AddItem,
     Event,
+    Item,
     Order,
     TopUp,
+    User,
     fold,
     fold_with_outcomes,
 )
@@ -447,6 +450,29 @@ def test_snapshot_round_trip(history: list[Event], major: int, minor: int) -> No
     restored = decoded.unwrap().state
     assert all(type(uid) is int for uid in restored.users)
     assert restored == fold(history)
+
+
+@given(histories())
+def test_state_body_round_trips_with_users_as_user_tuples(history: list[Event]) -> None:
+    state = fold(history)
+    restored = state_codec.decode_state(state_codec.encode_state(state))
+    assert restored == state
+    assert all(type(u) is User for u in restored.users.values())
+    assert all(type(i) is Item for i in restored.items.values())
+    for uid, user in state.users.items():  # a lookup hashes to the same bucket
+        assert restored.users[uid] == user
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_decoding_a_state_body_leaves_the_cyclic_gc_as_it_found_it(enabled: bool) -> None:
+    body = state_codec.encode_state(fold([TopUp(1, 5), AddItem("cpu", 1, 2)]))
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        state_codec.decode_state(body)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
 
 
 def test_snapshot_tally_counts_what_the_fold_did() -> None:
