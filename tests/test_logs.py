@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import fakeredis
+import msgpack
 import pytest
 import redis
 from contract_logs import LogContract, entries
@@ -21,7 +22,7 @@ from reliability_support import wait_until
 
 from shop_adapters.embedded_redis import RedisServer
 from shop_adapters.errors import IntegrityError, OperationalError
-from shop_adapters.logs.file import FileLog, TornRecordWarning
+from shop_adapters.logs.file import FileLog, TornRecordWarning, frame
 from shop_adapters.logs.memory import MemoryLog
 from shop_adapters.logs.redis_stream import RedisStreamLog
 from shop_adapters.protocols import ORIGIN, DeadLetter, EventLog, Position, Record
@@ -441,6 +442,30 @@ def test_file_log_corrupt_middle_record_raises_naming_file_and_offset(tmp_path: 
     with pytest.raises(IntegrityError, match=rf"{path}.*byte offset {offset}\b.*crc32c"):
         FileLog(path)
     assert path.read_bytes() == bytes(data)  # nothing truncated or skipped
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{b"type": 1}, {"type": b"TopUp"}, {b"type": "TopUp"}, [b"type", b"TopUp"], {1: b"x"}],
+    ids=["int value", "str name", "str value", "array", "int name"],
+)
+def test_file_log_record_not_a_map_of_bytes_is_an_integrity_error(
+    tmp_path: Path, payload: Any
+) -> None:
+    # A well-framed record (its CRC matches) that is not what append writes:
+    # the runner stops naming its offset, never folds or anchors it.
+    path = tmp_path / "orders.log"
+    _write_log(path, entries(1))
+    offset = path.stat().st_size
+    with path.open("ab") as f:
+        f.write(frame(msgpack.packb(payload, use_bin_type=True)))
+    with FileLog(path) as log:
+        assert log.last_position() == Position(2, 0)
+        assert len(log.read_after(ORIGIN, 1)) == 1
+        with pytest.raises(IntegrityError, match=rf"byte offset {offset}\b.*not a map of bytes"):
+            log.read_after(ORIGIN, 10)
+        with pytest.raises(IntegrityError, match=rf"byte offset {offset}\b"):
+            log.read_at(Position(2, 0))
 
 
 def test_file_log_impossible_length_before_the_end_raises(tmp_path: Path) -> None:

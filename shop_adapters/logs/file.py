@@ -9,7 +9,9 @@ A sequence of records, each framed as::
 both integers little-endian; ``crc32c`` is the CRC-32C (Castagnoli) of the
 payload, computed with the ``crc32c`` package; ``length`` is 1 to
 :data:`MAX_RECORD_BYTES`. The payload is the entry's fields as a MessagePack
-map of bin -> bin (``msgpack.packb(fields, use_bin_type=True)``). Record ``i``
+map of bin -> bin (``msgpack.packb(fields, use_bin_type=True)``), read back with
+msgspec's typed MessagePack decoder: a record of any other shape (a str or an int
+among its names or values) is an ``IntegrityError`` naming its offset. Record ``i``
 (1-based, in file order) is at ``Position(i, 0)``. Source: the framing follows
 the LevelDB/RocksDB write-ahead log (length + CRC-32C per record).
 
@@ -69,6 +71,7 @@ from typing import Any, Literal, NamedTuple
 
 import crc32c
 import msgpack
+import msgspec
 
 from .._fs import fsync_dir
 from ..errors import IntegrityError
@@ -86,6 +89,12 @@ MAX_RECORD_BYTES = 64 * 1024 * 1024
 _HEADER = struct.Struct("<II")
 _HEADER_SIZE = _HEADER.size
 _fdatasync = getattr(os, "fdatasync", os.fsync)
+_unpack = msgspec.msgpack.Decoder().decode
+"""A MessagePack payload as Python values (bin -> bytes, str -> str, map -> dict);
+``msgspec.DecodeError`` if it is not exactly one MessagePack value."""
+_unpack_fields = msgspec.msgpack.Decoder(dict[bytes, bytes]).decode
+"""A log record's payload: a map of bin to bin, checked in C (``msgspec.ValidationError``
+for any other shape, ``msgspec.DecodeError`` for bytes that are not MessagePack)."""
 
 
 class TornRecordWarning(UserWarning):
@@ -172,8 +181,8 @@ def _read_tail(fd: int, start: int, size: int) -> bytes:
 
 def _decode_fields(payload: Any, path: Path, offset: int) -> dict[bytes, bytes]:
     try:
-        fields = msgpack.unpackb(payload)
-    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        fields = _unpack(payload)
+    except msgspec.DecodeError as e:
         raise IntegrityError(f"{path}: record at byte offset {offset} is not MessagePack") from e
     if type(fields) is not dict:
         raise IntegrityError(
@@ -436,8 +445,8 @@ class FileLog:
         view = memoryview(data)
         unpack = _HEADER.unpack_from
         crc = crc32c.crc32c
-        unpackb = msgpack.unpackb
-        new_position = tuple.__new__  # Position(index, 0) without NamedTuple's __new__ overhead
+        unpack_fields = _unpack_fields
+        new = tuple.__new__  # Position and Record without NamedTuple's __new__ (a Python frame)
         pos = 0
         for index in range(start + 1, stop + 1):
             length, expected = unpack(data, pos)
@@ -448,16 +457,17 @@ class FileLog:
                     "(the file changed after it was indexed)"
                 )
             try:
-                fields = unpackb(body)
-            except (ValueError, TypeError, msgpack.UnpackException) as e:
+                fields = unpack_fields(body)
+            except msgspec.ValidationError as e:
+                raise IntegrityError(
+                    f"{self.path}: record at byte offset {base + pos} is not a map of "
+                    f"bytes to bytes ({e})"
+                ) from e
+            except msgspec.DecodeError as e:
                 raise IntegrityError(
                     f"{self.path}: record at byte offset {base + pos} is not MessagePack"
                 ) from e
-            if type(fields) is not dict:
-                raise IntegrityError(
-                    f"{self.path}: record at byte offset {base + pos} is not a map"
-                )
-            out.append(Record(new_position(Position, (index, 0)), fields))
+            out.append(new(Record, (new(Position, (index, 0)), fields)))
             pos += _HEADER_SIZE + length
         return out
 

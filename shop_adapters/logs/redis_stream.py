@@ -91,7 +91,7 @@ def _position(entry_id: bytes | str) -> Position:
     return _new_position(Position, (int(ms), int(seq)))
 
 
-_new_position = tuple.__new__
+_new_position = tuple.__new__  # a Position or Record without NamedTuple's __new__ frame
 
 
 def _records(entries: Sequence[Any] | None) -> list[Record]:
@@ -113,7 +113,7 @@ def _script_records(raw: list[Any]) -> list[Record]:
         ms, sep, seq = entry_id.partition(b"-")
         position = _new_position(Position, (int(ms), int(seq))) if sep else _position(entry_id)
         it = iter(flat)
-        append(Record(position, dict(zip(it, it, strict=True))))
+        append(_new_position(Record, (position, dict(zip(it, it, strict=True)))))
     return out
 
 
