@@ -336,6 +336,17 @@ def test_transient_over_any_batches_equals_fold_and_never_changes_returned_state
         assert state == fold(evs[:n])
 
 
+def test_transient_persistent_twice_is_the_same_state_and_commits_only_what_changed() -> None:
+    t = Transient()
+    t.fold([TopUp(uid, 1) for uid in range(1_000)])
+    first = t.persistent()
+    assert t.persistent() is first  # nothing folded since: nothing to commit
+    t.fold([TopUp(7, 1)])
+    second = t.persistent()
+    assert second.users[7].balance == 2 and second.items is first.items
+    assert second == fold([TopUp(uid, 1) for uid in range(1_000)] + [TopUp(7, 1)])
+
+
 def test_transient_reports_outcomes_per_call_and_refuses_non_events() -> None:
     t = Transient(BASE)
     assert t.fold([Order(1, (("cpu", 1),)), Order(9, (("cpu", 1),))]).orders_accepted == 1

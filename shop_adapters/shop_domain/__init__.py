@@ -79,9 +79,9 @@ class ShopFolder:
         out = self._transient.fold(events)
         if self._prices is not None:
             _track_prices(self._prices, events)
-        kinds = Counter(type(e).__name__ for e in events)
-        kinds["Order"] = out.orders_accepted
-        accepted = {k: n for k, n in kinds.items() if n}
+        kinds = Counter(map(type, events))  # no generator frame per event
+        kinds[Order] = out.orders_accepted
+        accepted = {k.__name__: n for k, n in kinds.items() if n}
         return Tally(accepted, dict(out.rejections))
 
     def fold_each(self, events: Sequence[Event]) -> list[Outcome]:
