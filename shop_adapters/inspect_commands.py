@@ -262,9 +262,14 @@ def _pool_command(partitioning: Partitioning) -> click.Command:
         parts = status["partitions"]
         held = sum(1 for p in parts if p["holder"] is not None)
         halted = [p for p in parts if p["halted"] is not None]
+        share = (
+            f"fair share {status['share']}"
+            if status["workers"]
+            else f"no live worker: a worker that starts takes up to {status['share']}"
+        )
         click.echo(
             f"workers: {len(status['workers'])} live; {name}s: {len(parts)} registered, "
-            f"{held} held, {len(halted)} halted; fair share {status['share']}"
+            f"{held} held, {len(halted)} halted; {share}"
         )
         for w in status["workers"]:
             mine = sum(1 for p in parts if (p["holder"] or "").rsplit("#", 1)[0] == w["id"])

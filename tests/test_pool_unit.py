@@ -280,6 +280,17 @@ def test_cluster_on_a_plain_redis_exits_at_once(redis_server: RedisServer, mode:
     assert "not a Redis Cluster node" in out.stderr and "retry" not in out.stderr
 
 
+def test_inspect_pool_with_no_live_worker_says_so(
+    client: redis.Redis, redis_server: RedisServer
+) -> None:
+    preload(client, ["idle0", "idle1"], 10)
+    text = run_module("shop_adapters.inspector", "--redis-url", redis_server.url, "pool")
+    assert text.returncode == 0, text.stderr
+    assert "workers: 0 live; shops: 2 registered, 0 held, 0 halted" in text.stdout
+    assert "no live worker: a worker that starts takes up to 2" in text.stdout
+    assert "fair share" not in text.stdout
+
+
 def test_a_pool_on_one_plain_redis_shares_and_hands_over(
     client: redis.Redis, redis_server: RedisServer
 ) -> None:
