@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import itertools
+from unittest import mock
 
 import model
 import pytest
@@ -29,6 +30,7 @@ from shop_core import (
     decide,
     fold,
     fold_with_outcomes,
+    rules,
     state_digest,
 )
 from shop_core.strategies import events, histories
@@ -320,23 +322,30 @@ def test_fold_does_not_mutate_its_input_state(evs: list[Event]) -> None:
     assert (dict(mid.users), dict(mid.items)) == snapshot
 
 
-@given(histories(max_size=150), st.lists(st.integers(0, 150), max_size=6), st.data())
+@given(
+    histories(max_size=150),
+    st.lists(st.integers(0, 150), max_size=6),
+    st.data(),
+    st.sampled_from([0, rules._CACHE_MAX]),
+)
 def test_transient_over_any_batches_equals_fold_and_never_changes_returned_states(
-    evs: list[Event], cuts: list[int], data: st.DataObject
+    evs: list[Event], cuts: list[int], data: st.DataObject, cache_max: int
 ) -> None:
+    # cache_max 0: every map counts as large (its overlay starts empty after a commit).
     points = sorted({min(c, len(evs)) for c in cuts} | {0, len(evs)})
     t = Transient()
     taken: list[tuple[int, ShopState]] = []
-    for lo, hi in itertools.pairwise(points):
-        t.fold(evs[lo:hi])
-        if data.draw(st.booleans()):
-            taken.append((hi, t.persistent()))
-    assert t.persistent() == fold(evs)
+    with mock.patch.object(rules, "_CACHE_MAX", cache_max):
+        for lo, hi in itertools.pairwise(points):
+            t.fold(evs[lo:hi])
+            if data.draw(st.booleans()):
+                taken.append((hi, t.persistent()))
+        assert t.persistent() == fold(evs)
     for n, state in taken:  # states handed out earlier are immutable values
         assert state == fold(evs[:n])
 
 
-def test_transient_persistent_twice_is_the_same_state_and_commits_only_what_changed() -> None:
+def test_transient_persistent_twice_is_the_same_state() -> None:
     t = Transient()
     t.fold([TopUp(uid, 1) for uid in range(1_000)])
     first = t.persistent()
@@ -345,6 +354,20 @@ def test_transient_persistent_twice_is_the_same_state_and_commits_only_what_chan
     second = t.persistent()
     assert second.users[7].balance == 2 and second.items is first.items
     assert second == fold([TopUp(uid, 1) for uid in range(1_000)] + [TopUp(7, 1)])
+
+
+def test_transient_commits_to_a_large_map_only_what_changed_since_the_last_commit() -> None:
+    # Past _CACHE_MAX users, the users seen before the last commit are not
+    # committed again (a large map was rebuilt whole at every snapshot).
+    n = rules._CACHE_MAX + 1
+    t = Transient()
+    t.fold([TopUp(uid, 1) for uid in range(n)])
+    first = t.persistent()
+    t.fold([TopUp(7, 1), Order(8, (("cpu", 1),))])  # 8 is only read
+    second = t.persistent()
+    assert second.users[7].balance == 2
+    assert second.users[0] is first.users[0] and second.users[8] is first.users[8]
+    assert len(second.users) == n
 
 
 def test_transient_reports_outcomes_per_call_and_refuses_non_events() -> None:
