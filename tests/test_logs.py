@@ -468,6 +468,14 @@ def test_file_log_record_not_a_map_of_bytes_is_an_integrity_error(
             log.read_at(Position(2, 0))
 
 
+def test_file_dead_letter_nested_too_deep_is_an_integrity_error(tmp_path: Path) -> None:
+    path = tmp_path / "orders.log"
+    _write_log(path, entries(1))
+    (tmp_path / "orders.log.dead").write_bytes(frame(b"\x91" * 100_000 + b"\x00"))
+    with pytest.raises(IntegrityError, match=r"orders.log.dead: record at byte offset 0\b"):
+        FileLog(path)
+
+
 def test_file_log_impossible_length_before_the_end_raises(tmp_path: Path) -> None:
     path = tmp_path / "orders.log"
     _write_log(path, entries(3))

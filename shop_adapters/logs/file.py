@@ -182,7 +182,7 @@ def _read_tail(fd: int, start: int, size: int) -> bytes:
 def _decode_fields(payload: Any, path: Path, offset: int) -> dict[bytes, bytes]:
     try:
         fields = _unpack(payload)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise IntegrityError(f"{path}: record at byte offset {offset} is not MessagePack") from e
     if type(fields) is not dict:
         raise IntegrityError(
